@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers (never timed assertions). Run ``python -m benchmarks --help``."""

@@ -1,0 +1,21 @@
+"""Checkpoint files: detect the layout, read the weights safely, align keys, save atomically."""
+
+from serving.checkpoints.keys import KeyAlignment, align_keys, fingerprint, shape_map
+from serving.checkpoints.layout import Layout, detect_layout
+from serving.checkpoints.reader import CheckpointContents, read_checkpoint
+from serving.checkpoints.saver import atomic_write, prune_checkpoints, save_checkpoint, unwrap_model
+
+__all__ = [
+    "CheckpointContents",
+    "KeyAlignment",
+    "Layout",
+    "align_keys",
+    "atomic_write",
+    "detect_layout",
+    "fingerprint",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "save_checkpoint",
+    "shape_map",
+    "unwrap_model",
+]

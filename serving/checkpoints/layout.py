@@ -1,0 +1,133 @@
+"""Tell a checkpoint's layout from its content (never from its file name)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+from serving.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    EmptyCheckpointError,
+    NotACheckpointError,
+)
+
+# The first bytes of a pickle written by torch.save's legacy (pre-1.6, non-zip) format: protocol 2.
+_LEGACY_PICKLE_MAGIC = b"\x80\x02"
+_ZIP_MAGIC = b"PK\x03\x04"
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+class Layout(str, enum.Enum):
+    """How the weights are stored on disk."""
+
+    TORCH_SAVE = "torch_save"  # torch.save zip: state dict, training checkpoint, Lightning or whole module
+    TORCH_SAVE_LEGACY = "torch_save_legacy"  # torch.save(..., _use_new_zipfile_serialization=False)
+    SAFETENSORS = "safetensors"
+    SHARDED_SAFETENSORS = "sharded_safetensors"  # a directory with *.index.json and shards
+    DCP = "dcp"  # torch.distributed.checkpoint directory (.metadata + *.distcp)
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported_program"  # torch.export.save archive (.pt2)
+
+    @property
+    def self_describing(self) -> bool:
+        """Whether the file carries its own architecture (no Python class needed)."""
+        return self in (Layout.TORCHSCRIPT, Layout.EXPORTED_PROGRAM)
+
+
+def detect_layout(path: str | Path) -> Layout:
+    """Return the layout of the checkpoint at ``path`` or raise a typed error saying why it is none."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(
+            f"No checkpoint at {str(path)!r}.",
+            hint="Check the path, and that the server can see that volume.",
+        )
+    if path.is_dir():
+        return _detect_directory(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyCheckpointError(
+            f"The checkpoint {str(path)!r} is empty (0 bytes).",
+            hint="A save may still be in progress; write checkpoints atomically (serving.save_checkpoint).",
+        )
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return _detect_zip(path)
+    if _looks_like_safetensors(path, head, size):
+        return Layout.SAFETENSORS
+    if head.startswith(_LEGACY_PICKLE_MAGIC):
+        return Layout.TORCH_SAVE_LEGACY
+    raise NotACheckpointError(
+        f"{str(path)!r} is not a checkpoint ckptserve can read (first bytes: {head[:8]!r}).",
+        hint="Expected a torch.save file, safetensors, TorchScript, torch.export .pt2, "
+        "or a DCP / sharded-safetensors directory.",
+    )
+
+
+def _detect_zip(path: Path) -> Layout:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CorruptCheckpointError(
+            f"{str(path)!r} starts like a torch.save/TorchScript archive but cannot be read ({exc}); "
+            "it is truncated, still being written, or damaged.",
+            hint="Wait for the writer to finish, or save again (atomically: serving.save_checkpoint).",
+        ) from exc
+    # torch archives hold everything under one top folder: "<name>/data.pkl", "<name>/code/...".
+    inner = {name.split("/", 1)[1] for name in names if "/" in name}
+    if "archive_format" in inner or "models/model.json" in inner:
+        return Layout.EXPORTED_PROGRAM
+    if any(name.startswith("code/") for name in inner) or "constants.pkl" in inner:
+        return Layout.TORCHSCRIPT
+    if "data.pkl" in inner:
+        return Layout.TORCH_SAVE
+    raise NotACheckpointError(
+        f"{str(path)!r} is a zip archive but not one torch wrote (no data.pkl, code/ or model.json inside).",
+        hint="Point ckptserve at the checkpoint itself, not at an archive that contains it.",
+    )
+
+
+def _looks_like_safetensors(path: Path, head: bytes, size: int) -> bool:
+    # safetensors: an 8-byte little-endian header length, then a JSON object of that length.
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > min(size - 8, _SAFETENSORS_MAX_HEADER):
+        if header_len < _SAFETENSORS_MAX_HEADER:
+            raise CorruptCheckpointError(
+                f"{str(path)!r} is a safetensors file whose header claims {header_len} bytes, "
+                f"but the file has only {size}: it is truncated or still being written.",
+                hint="Wait for the writer to finish, or save it again.",
+            )
+        return False
+    return True
+
+
+def _detect_directory(path: Path) -> Layout:
+    if (path / ".metadata").is_file():
+        return Layout.DCP
+    if list(path.glob("*.index.json")):
+        return Layout.SHARDED_SAFETENSORS
+    found = sorted(p.name for p in path.iterdir())[:8]
+    raise NotACheckpointError(
+        f"The directory {str(path)!r} is no checkpoint ckptserve knows (found: {found}).",
+        hint="A directory checkpoint needs a DCP '.metadata' file or a safetensors '*.index.json'; "
+        "for a single file, pass the file's path.",
+    )
+
+
+def read_json(path: Path) -> dict:
+    """Read a small JSON side file (index, config) with a typed error on bad content."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"Cannot read {str(path)!r} as JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{str(path)!r} should hold a JSON object, found {type(data).__name__}.")
+    return data

@@ -1,0 +1,284 @@
+"""Read a checkpoint of any layout into CPU tensors (mmap, weights_only) plus the metadata it carries."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from serving.checkpoints.layout import Layout, detect_layout, read_json
+from serving.checkpoints.selection import MODEL_KEYS, is_optimizer_like, jsonable_metadata, select_state_dict
+from serving.errors import (
+    ArchitectureError,
+    CheckpointError,
+    CorruptCheckpointError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+)
+
+log = logging.getLogger(__name__)
+
+ShapeMap = Mapping[str, tuple[int, ...]]
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint holds, before it meets an architecture."""
+
+    path: Path
+    layout: Layout
+    kind: str  # "state_dict", "training_checkpoint", "lightning", "pickled_module", "torchscript", ...
+    state_dict: dict[str, Any] | None = None  # CPU tensors, possibly backed by an mmap of the file
+    module: nn.Module | None = None  # for self-describing layouts and trusted pickles
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source_key: str | None = None  # the dict entry that held the weights, for training checkpoints
+
+
+def read_checkpoint(
+    path: str | Path,
+    *,
+    expected: ShapeMap | None = None,
+    state_dict_key: str | None = None,
+    trust_pickle: bool = False,
+    safe_globals: Iterable[str] = (),
+    map_location: torch.device | str = "cpu",
+) -> CheckpointContents:
+    """Read ``path`` without touching what the model does not need.
+
+    ``expected`` (the architecture's key -> shape map) decides between several state dicts in one
+    checkpoint. Tensors of torch.save files stay memory-mapped: optimizer state is never read.
+    ``map_location`` only matters for self-describing layouts; weights are read onto the CPU and
+    moved by the loader.
+    """
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout is Layout.TORCHSCRIPT:
+        return _read_torchscript(path, map_location)
+    if layout is Layout.EXPORTED_PROGRAM:
+        return _read_exported_program(path, map_location)
+    if layout is Layout.SAFETENSORS:
+        tensors, meta = _read_safetensors_file(path)
+        return CheckpointContents(path, layout, "state_dict", state_dict=tensors, metadata=meta)
+    if layout is Layout.SHARDED_SAFETENSORS:
+        return _read_sharded_safetensors(path)
+    if layout is Layout.DCP:
+        return _read_dcp(path, expected=expected, state_dict_key=state_dict_key)
+    saved_on: set[str] = set()
+    obj = _torch_load(path, layout, saved_on, trust_pickle=trust_pickle, safe_globals=safe_globals)
+    contents = _interpret(path, layout, obj, expected=expected, state_dict_key=state_dict_key)
+    contents.metadata["saved_devices"] = sorted(saved_on)
+    return contents
+
+
+# --- torch.save files ---------------------------------------------------------------------------
+
+
+def _torch_load(
+    path: Path, layout: Layout, saved_on: set[str], *, trust_pickle: bool, safe_globals: Iterable[str]
+) -> Any:
+    allowed = [_import_global(name) for name in safe_globals]
+
+    def to_cpu(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+        # Every storage lands on the CPU whatever device wrote it (seed 9.6); note where it came from.
+        saved_on.add(location)
+        return storage
+
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(
+                path,
+                map_location=to_cpu,
+                mmap=layout is Layout.TORCH_SAVE,  # legacy files cannot be mapped
+                weights_only=not trust_pickle,
+            )
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise _unsafe_error(path) from None
+        raise _corrupt(path, exc) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise _corrupt(path, exc) from None
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        # Only reachable with trust_pickle: the pickled class is not importable here.
+        raise ArchitectureError(
+            f"{str(path)!r} holds a pickled object whose class cannot be imported: {exc}.",
+            hint="A whole-model pickle needs its class importable under the same module path it was "
+            "saved from; put that module on the path, or save model.state_dict() instead.",
+        ) from None
+
+
+def _unsafe_error(path: Path) -> UnsafeCheckpointError:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # the listing is best effort; the refusal stands regardless
+        names = []
+    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    whole_model = any(_is_module_class(name) for name in names)
+    what = "a whole pickled model (torch.save(model))" if whole_model else "pickled Python objects"
+    return UnsafeCheckpointError(
+        f"{str(path)!r} holds {what}; loading it would run code from the file. "
+        f"Globals outside the weights-only allowlist: {shown or 'unknown'}.",
+        hint="If you trust the file, set trust_pickle: true (CLI: --trust-pickle); to allow only some "
+        "classes, list them in safe_globals; best of all, save model.state_dict() instead.",
+    )
+
+
+def _is_module_class(qualified: str) -> bool:
+    try:
+        obj = _import_global(qualified)
+    except ArchitectureError:
+        return False
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
+
+
+def _import_global(qualified: str) -> Any:
+    module_name, _, attr = qualified.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ArchitectureError(f"Cannot import {qualified!r} for safe_globals: {exc}.") from None
+
+
+def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CorruptCheckpointError(
+        f"Cannot read {str(path)!r}: {detail[:300]}. The file is truncated, still being written, or damaged.",
+        hint="Wait for the writer to finish, or save it again (atomically: serving.save_checkpoint).",
+    )
+
+
+def _interpret(
+    path: Path, layout: Layout, obj: Any, *, expected: ShapeMap | None, state_dict_key: str | None
+) -> CheckpointContents:
+    if isinstance(obj, nn.Module):
+        return CheckpointContents(path, layout, "pickled_module", module=obj)
+    if not isinstance(obj, Mapping):
+        raise NotACheckpointError(
+            f"{str(path)!r} holds a {type(obj).__name__}, not a state dict, a checkpoint dict or a model.",
+            hint="Save model.state_dict() or a dict with a 'model_state_dict' entry.",
+        )
+    key = select_state_dict(obj, expected=expected, state_dict_key=state_dict_key, where=str(path))
+    if key is None:  # the dict itself is the state dict
+        return CheckpointContents(path, layout, "state_dict", state_dict=dict(obj))
+    kind = "lightning" if _is_lightning(obj) else "training_checkpoint"
+    meta = jsonable_metadata({k: v for k, v in obj.items() if k != key})
+    return CheckpointContents(path, layout, kind, state_dict=dict(obj[key]), metadata=meta, source_key=key)
+
+
+def _is_lightning(obj: Mapping[str, Any]) -> bool:
+    return any("lightning_version" in str(k) for k in obj)
+
+
+# --- safetensors --------------------------------------------------------------------------------
+
+
+def _read_safetensors_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = dict(handle.metadata() or {})
+            return {name: handle.get_tensor(name) for name in handle.keys()}, meta  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise _corrupt(path, exc) from None
+
+
+def _read_sharded_safetensors(path: Path) -> CheckpointContents:
+    index_files = sorted(path.glob("*.index.json"))
+    index = read_json(index_files[0])
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptCheckpointError(f"{str(index_files[0])!r} has no 'weight_map'.")
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = path / shard
+        if not shard_path.is_file():
+            raise CorruptCheckpointError(
+                f"The index {index_files[0].name!r} names the shard {shard!r}, which is missing from "
+                f"{str(path)!r}.",
+                hint="Copy every shard, or wait for the writer to finish.",
+            )
+        shard_tensors, _ = _read_safetensors_file(shard_path)
+        tensors.update(shard_tensors)
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise CorruptCheckpointError(
+            f"The shards of {str(path)!r} lack {len(missing)} indexed tensors: {missing[:5]}."
+        )
+    meta = {k: v for k, v in index.get("metadata", {}).items() if isinstance(v, (str, int, float, bool))}
+    return CheckpointContents(
+        path, Layout.SHARDED_SAFETENSORS, "state_dict", state_dict=tensors, metadata=meta
+    )
+
+
+# --- torch.distributed.checkpoint ---------------------------------------------------------------
+
+
+def _read_dcp(path: Path, *, expected: ShapeMap | None, state_dict_key: str | None) -> CheckpointContents:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        reader = dcp.FileSystemReader(str(path))
+        entries = reader.read_metadata().state_dict_metadata
+    except Exception as exc:  # DCP raises assorted types for a damaged .metadata
+        raise _corrupt(path / ".metadata", exc) from None
+    shapes = {k: torch.Size(v.size) for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
+    dtypes = {k: v.properties.dtype for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
+    # DCP flattens {"model": sd, "optim": ...} into "model.<param>" keys: regroup by first segment.
+    groups: dict[str, dict[str, torch.Size]] = {}
+    for name, shape in shapes.items():
+        head, _, rest = name.partition(".")
+        groups.setdefault(head, {})[rest] = shape
+    nested = {k: v for k, v in groups.items() if not is_optimizer_like(k, v)}
+    # Saved as {"model": sd, ...} only if a model-like key (or the user's key) is at the top; else flat.
+    if state_dict_key or any(k in MODEL_KEYS for k in nested):
+        key = select_state_dict(nested, expected=expected, state_dict_key=state_dict_key, where=str(path))
+        wanted = {f"{key}.{n}": s for n, s in groups[key].items()}
+    else:
+        key = None
+        wanted = {n: s for n, s in shapes.items() if not is_optimizer_like(n.partition(".")[0], None)}
+    prefix = f"{key}." if key else ""
+    buffers = {n: torch.empty(s, dtype=dtypes[n]) for n, s in wanted.items()}
+    try:
+        with warnings.catch_warnings():  # "no process group, assuming one process": exactly our case
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(buffers, storage_reader=reader, no_dist=True)
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
+    state_dict = {n[len(prefix) :]: t for n, t in buffers.items()}
+    meta = {"dcp_entries": len(entries)}
+    return CheckpointContents(path, Layout.DCP, "dcp", state_dict=state_dict, metadata=meta, source_key=key)
+
+
+# --- self-describing archives -------------------------------------------------------------------
+
+
+def _read_torchscript(path: Path, map_location: torch.device | str) -> CheckpointContents:
+    try:
+        module = torch.jit.load(str(path), map_location=map_location)
+    except (RuntimeError, ValueError) as exc:
+        raise _corrupt(path, exc) from None
+    return CheckpointContents(path, Layout.TORCHSCRIPT, "torchscript", module=module)
+
+
+def _read_exported_program(path: Path, map_location: torch.device | str) -> CheckpointContents:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch.export raises assorted types for damaged archives
+        raise _corrupt(path, exc) from None
+    module = program.module()
+    if torch.device(map_location).type != "cpu":
+        module = module.to(map_location)
+    return CheckpointContents(path, Layout.EXPORTED_PROGRAM, "exported_program", module=module)
+
+
+__all__ = ["CheckpointContents", "CheckpointError", "read_checkpoint"]
