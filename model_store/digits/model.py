@@ -32,4 +32,5 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        # Inputs are raw scikit-learn pixel values, 0..16; scaling here keeps clients simple.
+        return self.classifier(self.features(x / 16.0))

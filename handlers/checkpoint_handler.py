@@ -1,0 +1,158 @@
+"""TorchServe custom handler: a thin adapter from TorchServe's worker API to ckptserve's ``serving`` package.
+
+The only module that knows TorchServe: it reads the worker's context (model_dir, gpu_id, the
+model-config.yaml), builds the model through ``serving``, and maps replies back to per-request
+statuses and content types. Everything else lives in ``serving/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from serving.errors import CkptServeError
+from serving.loader import checkpoint_info, load_model
+from serving.service import InferenceService
+from serving.spec import ModelSpec, parse_spec
+
+log = logging.getLogger("ckptserve.handler")
+LOAD_ERROR_MARKER = "ckptserve-load-error:"
+
+
+class CheckpointHandler:
+    """One instance per TorchServe worker process."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.spec: ModelSpec | None = None
+        self.service: InferenceService | None = None
+        self.model: torch.nn.Module | None = None
+        self.threads = 1
+
+    # --- TorchServe entry points ----------------------------------------------------------------
+
+    def initialize(self, context: Any) -> None:
+        try:
+            self._initialize(context)
+        except CkptServeError as err:
+            # ckptserve serve reads this line from the worker log to fail fast with the real reason.
+            log.error(
+                "%s %s%s", LOAD_ERROR_MARKER, err.message, f" | what to do: {err.hint}" if err.hint else ""
+            )
+            raise
+        except Exception as exc:
+            log.exception("%s %s: %s", LOAD_ERROR_MARKER, type(exc).__name__, exc)
+            raise
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        if _is_describe(context):
+            return [self.describe()]
+        assert self.service is not None, "handle() before initialize()"
+        requests = [(_body(row), _content_type(context, idx, row)) for idx, row in enumerate(data)]
+        replies, _times = self.service.infer(requests)
+        for idx, reply in enumerate(replies):
+            context.set_response_status(reply.status, reply.phrase, idx)
+            context.set_response_content_type(idx, reply.content_type)
+        return [reply.body for reply in replies]
+
+    # --- describe -------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Shown as ``customizedMetadata`` by ``GET /models/NAME?customized=true``."""
+        assert self.spec is not None and self.model is not None
+        info = checkpoint_info(self.model)
+        return {
+            "checkpoint": {k: v for k, v in info.to_dict().items() if k != "metadata"},
+            "checkpoint_metadata": info.metadata,
+            "input": {
+                "shape": list(self.spec.input.shape),
+                "dtype": str(self.spec.input.dtype).removeprefix("torch."),
+            },
+            "postprocess": self.spec.postprocess.kind,
+            "threads": self.threads,
+            "pid": os.getpid(),
+        }
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    def _initialize(self, context: Any) -> None:
+        props = context.system_properties
+        model_dir = props.get("model_dir") or "."
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.spec = spec = parse_spec(yaml_config.get("handler"), model_dir=model_dir)
+        self.threads = spec.threads or max(
+            1, (os.cpu_count() or 1) // int(yaml_config.get("minWorkers", 1) or 1)
+        )
+        # Each worker is its own process: torch's default (all cores each) makes workers fight.
+        torch.set_num_threads(self.threads)
+        started = time.perf_counter()
+        self.model = load_model(
+            spec.architecture,
+            spec.checkpoint,
+            architecture_kwargs=spec.architecture_kwargs,
+            device=spec.device,
+            gpu_id=props.get("gpu_id"),
+            dtype=spec.dtype,
+            strict=spec.strict,
+            trust_pickle=spec.trust_pickle,
+            state_dict_key=spec.state_dict_key,
+            safe_globals=spec.safe_globals,
+            search_paths=[model_dir],
+        )
+        manifest = getattr(context, "manifest", None) or {}
+        self.service = InferenceService(
+            lambda: self.model,
+            input_spec=spec.input,
+            postprocess=spec.postprocess,
+            model_name=manifest.get("model", {}).get("modelName") or getattr(context, "model_name", "model"),
+            model_version=manifest.get("model", {}).get("modelVersion"),
+        )
+        self._warm_up()
+        info = checkpoint_info(self.model)
+        log.info(
+            "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs",
+            info.path,
+            info.epoch,
+            info.sha256[:12],
+            info.device,
+            self.threads,
+            time.perf_counter() - started,
+        )
+        self.initialized = True
+
+    def _warm_up(self) -> None:
+        # One forward at start-up: first-call costs are paid here, and a model that cannot run its
+        # declared input shape fails now, with the reason, instead of on the first request.
+        assert self.spec is not None and self.service is not None
+        shape = [1, *(d if d > 0 else 1 for d in self.spec.input.shape)]
+        sample = torch.zeros(shape, dtype=self.spec.input.dtype)
+        reply = self.service.infer([({"instances": sample.tolist()}, "application/json")])[0][0]
+        if reply.error is not None:
+            raise CkptServeError(
+                f"The warm-up forward on input shape {shape} failed: {reply.error.message}",
+                hint="Check handler.input.shape in model-config.yaml against the architecture.",
+            )
+
+
+def _is_describe(context: Any) -> bool:
+    return context.get_request_header(0, "describe") == "True"
+
+
+def _body(row: dict[str, Any]) -> Any:
+    # TorchServe passes the payload as "data" (gRPC / form field) or "body" (raw HTTP body).
+    for key in ("data", "body"):
+        if row.get(key) is not None:
+            return row[key]
+    return next(iter(row.values()), None) if row else None
+
+
+def _content_type(context: Any, idx: int, row: dict[str, Any]) -> str | None:
+    headers = context.get_all_request_header(idx) or {}
+    for key in ("data", "body"):
+        if key in row and isinstance(headers.get(key), dict):
+            return headers[key].get("content-type")
+    return headers.get("Content-Type") or headers.get("content-type")

@@ -1,0 +1,175 @@
+"""The protocol-neutral data plane: decode each request, one batched forward, encode each answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from serving.codecs import (
+    DecodedRequest,
+    InputSpec,
+    PostProcess,
+    Protocol,
+    decode_request,
+    encode_error,
+    encode_response,
+)
+from serving.errors import CkptServeError, RequestError
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+class ModelFailedError(RequestError):
+    """The model raised on this request's input (for example a size its layers cannot take)."""
+
+    http_status = 422
+
+
+@dataclass
+class Reply:
+    """One response: body bytes, content type and HTTP status, ready for any front end."""
+
+    body: bytes
+    content_type: str = JSON
+    status: int = 200
+    error: CkptServeError | None = None
+
+    @property
+    def phrase(self) -> str:
+        return "OK" if self.error is None else type(self.error).__name__
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage for one batch (feeds the latency histograms)."""
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    batch_size: int = 0  # instances in the forward passes
+    errors: list[str] = field(default_factory=list)  # error type names, one per failed request
+
+
+class InferenceService:
+    """Runs batches of raw requests through the model that ``model`` returns at call time.
+
+    ``model`` is a callable so a hot-reload slot can swap what it returns between batches; a batch
+    keeps the model it started with.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[], nn.Module],
+        *,
+        input_spec: InputSpec,
+        postprocess: PostProcess,
+        model_name: str,
+        model_version: str | None = None,
+    ) -> None:
+        self._model = model
+        self.input_spec = input_spec
+        self.postprocess = postprocess
+        self.model_name = model_name
+        self.model_version = model_version
+
+    def infer(self, requests: Sequence[tuple[Any, str | None]]) -> tuple[list[Reply], StageTimes]:
+        """``requests``: (body, content type) pairs; returns one Reply per request, in order."""
+        times = StageTimes()
+        started = time.perf_counter()
+        replies: list[Reply | None] = [None] * len(requests)
+        decoded: dict[int, DecodedRequest] = {}
+        for idx, (body, content_type) in enumerate(requests):
+            try:
+                decoded[idx] = decode_request(body, content_type, self.input_spec)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's reply
+                replies[idx] = self._error_reply(exc, None)
+        times.preprocess = time.perf_counter() - started
+
+        started = time.perf_counter()
+        model = self._model()
+        outputs = self._forward_grouped(model, decoded, replies)
+        times.inference = time.perf_counter() - started
+        times.batch_size = sum(r.instances.shape[0] for r in decoded.values())
+
+        started = time.perf_counter()
+        for idx, out in outputs.items():
+            try:
+                body, content_type = encode_response(
+                    out,
+                    decoded[idx],
+                    model_name=self.model_name,
+                    post=self.postprocess,
+                    model_version=self.model_version,
+                )
+                replies[idx] = Reply(body, content_type)
+            except Exception as exc:  # noqa: BLE001
+                replies[idx] = self._error_reply(exc, decoded[idx].protocol)
+        times.postprocess = time.perf_counter() - started
+        final = [r if r is not None else self._error_reply(RuntimeError("no reply"), None) for r in replies]
+        times.errors = [type(r.error).__name__ for r in final if r.error is not None]
+        return final, times
+
+    def _forward_grouped(
+        self, model: nn.Module, decoded: dict[int, DecodedRequest], replies: list[Reply | None]
+    ) -> dict[int, torch.Tensor]:
+        # Requests of one instance shape share a forward pass; with a fixed input shape that is all.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for idx, req in decoded.items():
+            groups.setdefault(tuple(req.instances.shape[1:]), []).append(idx)
+        outputs: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            try:
+                outputs.update(self._forward(model, decoded, members))
+            except Exception:  # noqa: BLE001 - find the request the model cannot take, serve the rest
+                log.warning("batched forward failed; retrying its %d request(s) one by one", len(members))
+                for idx in members:
+                    try:
+                        outputs.update(self._forward(model, decoded, [idx]))
+                    except Exception as exc:  # noqa: BLE001
+                        error = ModelFailedError(
+                            f"The model could not process this input: {type(exc).__name__}: {str(exc)[:300]}",
+                            hint=f"Check the input against the model's expected shape {self.input_spec.shape}.",
+                        )
+                        replies[idx] = self._error_reply(error, decoded[idx].protocol)
+        return outputs
+
+    def _forward(
+        self, model: nn.Module, decoded: dict[int, DecodedRequest], members: list[int]
+    ) -> dict[int, torch.Tensor]:
+        batch = (
+            torch.cat([decoded[i].instances for i in members])
+            if len(members) > 1
+            else decoded[members[0]].instances
+        )
+        device, dtype = _placement(model)
+        with torch.inference_mode():
+            out = model(batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype))
+        if isinstance(out, (tuple, list)):  # models that return (logits, extras): serve the first
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0]:
+            raise RuntimeError(f"the model returned {type(out).__name__} without one row per instance")
+        out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
+        sizes = [decoded[i].instances.shape[0] for i in members]
+        return dict(zip(members, torch.split(out, sizes), strict=True))
+
+    def _error_reply(self, exc: Exception, protocol: Protocol | None) -> Reply:
+        if not isinstance(exc, CkptServeError):
+            log.error("unexpected error while serving a request", exc_info=exc)
+            exc = CkptServeError(f"Internal error: {type(exc).__name__}.", hint="See the server log.")
+        return Reply(encode_error(exc, protocol), JSON, exc.http_status, exc)
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the model's first floating parameter (inputs follow it)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
