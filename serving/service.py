@@ -89,7 +89,7 @@ class InferenceService:
         for idx, (body, content_type) in enumerate(requests):
             try:
                 decoded[idx] = decode_request(body, content_type, self.input_spec)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's reply
+            except Exception as exc:  # every failure becomes this request's reply
                 replies[idx] = self._error_reply(exc, None)
         times.preprocess = time.perf_counter() - started
 
@@ -110,7 +110,7 @@ class InferenceService:
                     model_version=self.model_version,
                 )
                 replies[idx] = Reply(body, content_type)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 replies[idx] = self._error_reply(exc, decoded[idx].protocol)
         times.postprocess = time.perf_counter() - started
         final = [r if r is not None else self._error_reply(RuntimeError("no reply"), None) for r in replies]
@@ -128,17 +128,13 @@ class InferenceService:
         for members in groups.values():
             try:
                 outputs.update(self._forward(model, decoded, members))
-            except Exception:  # noqa: BLE001 - find the request the model cannot take, serve the rest
+            except Exception:  # find the request the model cannot take, serve the rest
                 log.warning("batched forward failed; retrying its %d request(s) one by one", len(members))
                 for idx in members:
                     try:
                         outputs.update(self._forward(model, decoded, [idx]))
-                    except Exception as exc:  # noqa: BLE001
-                        error = ModelFailedError(
-                            f"The model could not process this input: {type(exc).__name__}: {str(exc)[:300]}",
-                            hint=f"Check the input against the model's expected shape {self.input_spec.shape}.",
-                        )
-                        replies[idx] = self._error_reply(error, decoded[idx].protocol)
+                    except Exception as exc:
+                        replies[idx] = self._error_reply(self._model_failed(exc), decoded[idx].protocol)
         return outputs
 
     def _forward(
@@ -159,6 +155,12 @@ class InferenceService:
         out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
         sizes = [decoded[i].instances.shape[0] for i in members]
         return dict(zip(members, torch.split(out, sizes), strict=True))
+
+    def _model_failed(self, exc: Exception) -> ModelFailedError:
+        return ModelFailedError(
+            f"The model could not process this input: {type(exc).__name__}: {str(exc)[:300]}",
+            hint=f"Check the input against the model's expected shape {self.input_spec.shape}.",
+        )
 
     def _error_reply(self, exc: Exception, protocol: Protocol | None) -> Reply:
         if not isinstance(exc, CkptServeError):
