@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from serving.errors import CkptServeError
+from serving.errors import CheckpointError, CkptServeError
 from serving.loader import checkpoint_info, load_model
+from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
 from serving.service import InferenceService
 from serving.spec import ModelSpec, parse_spec
 
 log = logging.getLogger("ckptserve.handler")
 LOAD_ERROR_MARKER = "ckptserve-load-error:"
+CHECKPOINT_HEADER = "x-ckptserve-checkpoint"  # on every answer: which checkpoint produced it
 
 
 class CheckpointHandler:
@@ -30,7 +33,8 @@ class CheckpointHandler:
         self.initialized = False
         self.spec: ModelSpec | None = None
         self.service: InferenceService | None = None
-        self.model: torch.nn.Module | None = None
+        self.slot: ModelSlot | None = None
+        self.reloader: Reloader | None = None
         self.threads = 1
 
     # --- TorchServe entry points ----------------------------------------------------------------
@@ -53,10 +57,13 @@ class CheckpointHandler:
             return [self.describe()]
         assert self.service is not None, "handle() before initialize()"
         requests = [(_body(row), _content_type(context, idx, row)) for idx, row in enumerate(data)]
-        replies, _times = self.service.infer(requests)
+        replies, report = self.service.infer(requests)
+        served_by = _checkpoint_label(report.model)
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
+            if served_by:
+                context.set_response_header(idx, CHECKPOINT_HEADER, served_by)
         return [reply.body for reply in replies]
 
     # --- describe -------------------------------------------------------------------------------
@@ -90,39 +97,71 @@ class CheckpointHandler:
         # Each worker is its own process: torch's default (all cores each) makes workers fight.
         torch.set_num_threads(self.threads)
         started = time.perf_counter()
-        self.model = load_model(
-            spec.architecture,
-            spec.checkpoint,
-            architecture_kwargs=spec.architecture_kwargs,
-            device=spec.device,
-            gpu_id=props.get("gpu_id"),
-            dtype=spec.dtype,
-            strict=spec.strict,
-            trust_pickle=spec.trust_pickle,
-            state_dict_key=spec.state_dict_key,
-            safe_globals=spec.safe_globals,
-            search_paths=[model_dir],
-        )
+        gpu_id = props.get("gpu_id")
+        sample = sample_input(spec.input.shape, spec.input.dtype)
+
+        def load(path: Path, sha256: str | None = None) -> torch.nn.Module:
+            return load_model(
+                spec.architecture,
+                path,
+                architecture_kwargs=spec.architecture_kwargs,
+                device=spec.device,
+                gpu_id=gpu_id,
+                dtype=spec.dtype,
+                strict=spec.strict,
+                trust_pickle=spec.trust_pickle,
+                state_dict_key=spec.state_dict_key,
+                safe_globals=spec.safe_globals,
+                search_paths=[model_dir],
+                sha256=sha256,
+            )
+
+        model = None
+        if spec.reload.watch_dir is not None:
+            self.reloader = Reloader(spec, load)
+            model = self.reloader.initial_model(lambda m: _gate(m, sample))
+        if model is None:
+            model = self._fallback(load)
+        self.slot = ModelSlot(model, sample)
         manifest = getattr(context, "manifest", None) or {}
         self.service = InferenceService(
-            lambda: self.model,
+            self.slot.use,
             input_spec=spec.input,
             postprocess=spec.postprocess,
             model_name=manifest.get("model", {}).get("modelName") or getattr(context, "model_name", "model"),
             model_version=manifest.get("model", {}).get("modelVersion"),
         )
         self._warm_up()
-        info = checkpoint_info(self.model)
+        if self.reloader is not None:
+            self.reloader.start(self.slot)
+        info = self.slot.info
         log.info(
-            "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs",
+            "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
             info.path,
             info.epoch,
             info.sha256[:12],
             info.device,
             self.threads,
             time.perf_counter() - started,
+            f", watching {spec.reload.watch_dir}" if self.reloader else "",
         )
         self.initialized = True
+
+    def _fallback(self, load: Any) -> torch.nn.Module:
+        """The configured checkpoint, when no watched one is usable (or nothing is watched)."""
+        assert self.spec is not None
+        if self.spec.checkpoint is not None and (self.reloader is None or self.spec.checkpoint.exists()):
+            return load(self.spec.checkpoint)
+        rejected = self.reloader.status.recent_rejections if self.reloader else []
+        raise CheckpointError(
+            f"No valid checkpoint in {str(self.spec.reload.watch_dir)!r} yet"
+            + (
+                f"; rejected: {'; '.join(f'{Path(r.path).name}: {r.reason}' for r in rejected)}"
+                if rejected
+                else "."
+            ),
+            hint="Let training write one there (save_checkpoint writes atomically); the worker retries.",
+        )
 
     def _warm_up(self) -> None:
         # One forward at start-up: first-call costs are paid here, and a model that cannot run its
@@ -136,6 +175,18 @@ class CheckpointHandler:
                 f"The warm-up forward on input shape {shape} failed: {reply.error.message}",
                 hint="Check handler.input.shape in model-config.yaml against the architecture.",
             )
+
+
+def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:
+    check_weights_finite(model.state_dict())
+    check_forward(model, model, sample, None)
+
+
+def _checkpoint_label(model: torch.nn.Module | None) -> str:
+    if model is None:
+        return ""
+    info = checkpoint_info(model)
+    return f"epoch={info.epoch if info.epoch is not None else '-'}@{info.sha256[:12]}"
 
 
 def _is_describe(context: Any) -> bool:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from serving.errors import CkptServeError
+from serving.errors import CkptServeError, RequestError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -57,6 +60,68 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _package(args: argparse.Namespace) -> int:
+    from serving.torchserve.package import package_model
+
+    path = package_model(
+        args.name,
+        model_store=args.model_store,
+        model_file=args.model_file,
+        config=args.config,
+        architecture=args.architecture,
+        checkpoint=args.checkpoint,
+        watch_dir=args.watch_dir,
+        extra_files=args.extra_files,
+        version=args.version,
+        archive_format=args.archive_format,
+    )
+    print(f"archive: {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.server import Server, settings_from_args
+
+    server = Server(settings_from_args(args))
+    server.start(timeout_s=args.timeout)
+    print(server.describe_endpoints())
+    if not args.foreground:
+        server.detach()
+        print(f"running in the background; stop it with: ckptserve stop --runtime-dir {server.runtime_dir}")
+        return 0
+    return server.run_until_stopped()
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from serving.server import stop_server
+
+    stopped = stop_server(args.runtime_dir)
+    print("stopped" if stopped else f"no server was running from {args.runtime_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from serving.client.http import HttpClient
+
+    if (args.json is None) == (args.file is None):
+        raise RequestError("Give the request body with exactly one of --json or --file.")
+    body = args.json.encode() if args.json is not None else Path(args.file).read_bytes()
+    content_type = "application/x-npy" if body.startswith(b"\x93NUMPY") else "application/json"
+    with HttpClient(f"http://{args.host}:{args.port}", token=args.token) as client:
+        status, data = client.request("POST", f"/predictions/{args.name}", body, content_type)
+    try:
+        print(json.dumps(json.loads(data), indent=2))
+    except ValueError:
+        print(f"<{len(data)} bytes of {content_type}>")
+    return 0 if status < 400 else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from serving.demo import run_demo
+
+    return run_demo(workdir=Path(args.workdir), epochs=args.epochs, keep_running=args.keep_running)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckptserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and decisions")
@@ -67,7 +132,74 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON for machines")
     _add_load_options(inspect)
     inspect.set_defaults(run=_inspect)
+
+    package = commands.add_parser(
+        "package", help="build a TorchServe archive (.mar) with ckptserve's handler"
+    )
+    package.add_argument("name", help="the model name (used in URLs: /predictions/NAME)")
+    package.add_argument("--architecture", help="MODULE:CLASS of the model, e.g. model:DigitsCNN")
+    package.add_argument("--model-file", help="the .py file that defines the architecture")
+    package.add_argument("--checkpoint", help="a checkpoint to bundle into the archive")
+    package.add_argument("--watch-dir", help="serve checkpoints from this directory, hot-reloading new ones")
+    package.add_argument("--config", help="a model-config.yaml (TorchServe keys + a handler: section)")
+    package.add_argument("--extra-files", nargs="*", default=[], help="files the handler needs (labels...)")
+    package.add_argument("--model-store", default="model_store", help="where the archive goes")
+    package.add_argument("--version", default="1.0")
+    package.add_argument("--archive-format", choices=["default", "no-archive"], default="default")
+    package.set_defaults(run=_package)
+
+    serve = commands.add_parser(
+        "serve", help="start TorchServe on a model store and wait until models are ready"
+    )
+    _add_server_options(serve)
+    serve.add_argument(
+        "--foreground", action="store_true", help="stay attached; stop the server on Ctrl-C/TERM"
+    )
+    serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for READY workers")
+    serve.set_defaults(run=_serve)
+
+    stop = commands.add_parser("stop", help="stop a server started with `ckptserve serve`")
+    stop.add_argument(
+        "--runtime-dir", default=str(default_runtime_dir()), help="the server's runtime directory"
+    )
+    stop.set_defaults(run=_stop)
+
+    predict = commands.add_parser("predict", help="send one request and print the answer")
+    predict.add_argument("name", help="the model name")
+    predict.add_argument("--json", help="the JSON body, e.g. '{\"instances\": [...]}'")
+    predict.add_argument("--file", help="a file with the body (JSON or .npy)")
+    predict.add_argument("--host", default="127.0.0.1")
+    predict.add_argument("--port", type=int, default=8080)
+    predict.add_argument("--token", help="TorchServe inference token, when token auth is on")
+    predict.set_defaults(run=_predict)
+
+    demo = commands.add_parser("demo", help="train the embedded model, serve it, query it, hot-reload it")
+    demo.add_argument("--workdir", default=".ckptserve/demo", help="where checkpoints and the archive go")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--keep-running", action="store_true", help="leave the server up at the end")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def default_runtime_dir() -> Path:
+    """Where `serve` keeps its pid/state/sockets by default (`stop` looks there too)."""
+    return Path(tempfile.gettempdir()) / f"ckptserve-{os.getuid()}"
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-store", default="model_store", help="a directory of .mar archives")
+    parser.add_argument("--models", nargs="*", default=["ALL"], help="NAME or NAME=FILE.mar (default: ALL)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface for inference, gRPC and metrics")
+    parser.add_argument("--management-host", default="127.0.0.1", help="interface for the management APIs")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--management-port", type=int, default=8081)
+    parser.add_argument("--metrics-port", type=int, default=8082)
+    parser.add_argument("--grpc-port", type=int, default=7070, help="TorchServe gRPC inference")
+    parser.add_argument("--grpc-management-port", type=int, default=7071)
+    parser.add_argument("--workers", type=int, help="workers per model (default: minWorkers of its config)")
+    parser.add_argument("--token-auth", action="store_true", help="keep TorchServe's token authorization on")
+    parser.add_argument("--runtime-dir", default=str(default_runtime_dir()), help="pid, state, sockets")
+    parser.add_argument("--log-dir", help="TorchServe's logs (default: $LOG_LOCATION or RUNTIME_DIR/logs)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,14 @@ def resolve_device(device: DeviceLike = "auto", gpu_id: int | None = None) -> to
     return resolved
 
 
+def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of a model's first floating tensor: where its inputs must go."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
 def _cuda_index(gpu_id: int | None) -> int:
     count = torch.cuda.device_count()
     index = gpu_id or 0

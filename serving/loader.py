@@ -125,7 +125,7 @@ def load_model(
             model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
-        info = _info(
+        info = make_info(
             contents, model, alignment, target, cast, sha256 or _result(digest), time.perf_counter() - started
         )
     setattr(model, INFO_ATTRIBUTE, info)
@@ -241,7 +241,7 @@ def _self_described(
     return model
 
 
-def _info(
+def make_info(
     contents: CheckpointContents,
     model: nn.Module,
     alignment: KeyAlignment | None,
@@ -250,6 +250,7 @@ def _info(
     sha256: str,
     seconds: float,
 ) -> CheckpointInfo:
+    """The CheckpointInfo of ``model`` after loading ``contents`` (also used by in-place reloads)."""
     meta = contents.metadata
     tensors = list(model.state_dict().values())
     dtype = cast or next(

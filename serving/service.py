@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from serving.codecs import (
     encode_error,
     encode_response,
 )
+from serving.devices import placement
 from serving.errors import CkptServeError, RequestError
 
 log = logging.getLogger(__name__)
@@ -48,41 +50,42 @@ class Reply:
 
 
 @dataclass
-class StageTimes:
-    """Seconds spent per stage for one batch (feeds the latency histograms)."""
+class BatchReport:
+    """What one batch cost and who served it (feeds metrics and response headers)."""
 
-    preprocess: float = 0.0
+    preprocess: float = 0.0  # seconds per stage
     inference: float = 0.0
     postprocess: float = 0.0
     batch_size: int = 0  # instances in the forward passes
     errors: list[str] = field(default_factory=list)  # error type names, one per failed request
+    model: nn.Module | None = None  # the model that ran this batch
 
 
 class InferenceService:
-    """Runs batches of raw requests through the model that ``model`` returns at call time.
+    """Runs batches of raw requests through the model that ``acquire()`` yields for the batch.
 
-    ``model`` is a callable so a hot-reload slot can swap what it returns between batches; a batch
-    keeps the model it started with.
+    ``acquire`` is a context-manager factory (a hot-reload slot's ``use``): the slot may swap the
+    model between batches, and a batch keeps the model it started with.
     """
 
     def __init__(
         self,
-        model: Callable[[], nn.Module],
+        acquire: Callable[[], AbstractContextManager[nn.Module]],
         *,
         input_spec: InputSpec,
         postprocess: PostProcess,
         model_name: str,
         model_version: str | None = None,
     ) -> None:
-        self._model = model
+        self._acquire = acquire
         self.input_spec = input_spec
         self.postprocess = postprocess
         self.model_name = model_name
         self.model_version = model_version
 
-    def infer(self, requests: Sequence[tuple[Any, str | None]]) -> tuple[list[Reply], StageTimes]:
+    def infer(self, requests: Sequence[tuple[Any, str | None]]) -> tuple[list[Reply], BatchReport]:
         """``requests``: (body, content type) pairs; returns one Reply per request, in order."""
-        times = StageTimes()
+        times = BatchReport()
         started = time.perf_counter()
         replies: list[Reply | None] = [None] * len(requests)
         decoded: dict[int, DecodedRequest] = {}
@@ -94,8 +97,9 @@ class InferenceService:
         times.preprocess = time.perf_counter() - started
 
         started = time.perf_counter()
-        model = self._model()
-        outputs = self._forward_grouped(model, decoded, replies)
+        with self._acquire() as model:
+            outputs = self._forward_grouped(model, decoded, replies) if decoded else {}
+        times.model = model
         times.inference = time.perf_counter() - started
         times.batch_size = sum(r.instances.shape[0] for r in decoded.values())
 
@@ -145,7 +149,7 @@ class InferenceService:
             if len(members) > 1
             else decoded[members[0]].instances
         )
-        device, dtype = _placement(model)
+        device, dtype = placement(model)
         with torch.inference_mode():
             out = model(batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype))
         if isinstance(out, (tuple, list)):  # models that return (logits, extras): serve the first
@@ -167,11 +171,3 @@ class InferenceService:
             log.error("unexpected error while serving a request", exc_info=exc)
             exc = CkptServeError(f"Internal error: {type(exc).__name__}.", hint="See the server log.")
         return Reply(encode_error(exc, protocol), JSON, exc.http_status, exc)
-
-
-def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the model's first floating parameter (inputs follow it)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32

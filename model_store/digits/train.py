@@ -80,13 +80,38 @@ def train(
     return model, optimizer
 
 
+def resume(out_dir: str | Path) -> tuple[int, DigitsCNN | None, torch.optim.Optimizer | None]:
+    """Continue from the newest model_epoch_<N>.pth in ``out_dir`` (seeds 9.3, 9.4): weights and optimizer."""
+    numbered = sorted((n, p) for p in Path(out_dir).glob("model_epoch_*.pth") if (n := number(p)) is not None)
+    if not numbered:
+        return 1, None, None
+    epoch, path = numbered[-1]
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = DigitsCNN()
+    model.load_state_dict(checkpoint["model_state_dict"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    return epoch + 1, model, optimizer
+
+
+def number(path: Path) -> int | None:
+    tail = path.stem.removeprefix("model_epoch_")
+    return int(tail) if tail.isdigit() else None
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
+    start, model, optimizer = resume(args.out_dir)
+    if model is not None:
+        print(f"resuming after epoch {start - 1} from {args.out_dir}")
     train(
         args.out_dir,
         epochs=args.epochs,
+        start_epoch=start,
+        model=model,
+        optimizer=optimizer,
         on_epoch=lambda e, p, a: print(f"epoch {e}: {p} val_accuracy={a:.3f}"),
     )

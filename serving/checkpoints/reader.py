@@ -79,6 +79,33 @@ def read_checkpoint(
     return contents
 
 
+def read_metadata(path: str | Path, *, safe_globals: Iterable[str] = ()) -> dict[str, Any]:
+    """Epoch, loss, metrics and other scalars of a torch.save or safetensors file, without its weights.
+
+    Cheap: the file is memory-mapped and no tensor is touched. Other layouts carry none: {}.
+    """
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout is Layout.SAFETENSORS:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: _number_or_text(v) for k, v in (handle.metadata() or {}).items()}
+    if layout is not Layout.TORCH_SAVE:
+        return {}
+    obj = _torch_load(path, layout, set(), trust_pickle=False, safe_globals=safe_globals)
+    return jsonable_metadata(obj) if isinstance(obj, Mapping) else {}
+
+
+def _number_or_text(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 # --- torch.save files ---------------------------------------------------------------------------
 
 
@@ -281,4 +308,4 @@ def _read_exported_program(path: Path, map_location: torch.device | str) -> Chec
     return CheckpointContents(path, Layout.EXPORTED_PROGRAM, "exported_program", module=module)
 
 
-__all__ = ["CheckpointContents", "CheckpointError", "read_checkpoint"]
+__all__ = ["CheckpointContents", "CheckpointError", "read_checkpoint", "read_metadata"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from tests.conftest import Reference
 
 def _service(model: nn.Module, shape: tuple[int, ...] = (1, 8, 8), kind: str = "raw") -> InferenceService:
     return InferenceService(
-        lambda: model,
+        lambda: nullcontext(model),
         input_spec=InputSpec(shape=shape),
         postprocess=PostProcess(kind=kind),  # type: ignore[arg-type]
         model_name="small",
@@ -85,7 +86,7 @@ def test_an_input_the_model_rejects_gets_422_and_the_rest_are_served() -> None:
 def test_the_model_is_asked_for_at_every_batch(reference: Reference) -> None:
     current = {"model": reference.model}
     service = InferenceService(
-        lambda: current["model"],
+        lambda: nullcontext(current["model"]),
         input_spec=InputSpec(shape=(1, 8, 8)),
         postprocess=PostProcess(),
         model_name="m",

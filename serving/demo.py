@@ -1,0 +1,168 @@
+"""`ckptserve demo`: train the embedded model, serve it while training goes on, watch accuracy climb."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from serving.client.http import HttpClient
+from serving.server import METRICS_CONFIG, Server
+from serving.torchserve import ServerSettings, free_port
+from serving.torchserve.package import package_model
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "digits"
+CHECKPOINT_HEADER = "x-ckptserve-checkpoint"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clients: int = 16) -> int:
+    sys.path.insert(0, str(MODEL_DIR))
+    from train import accuracy, load_digits_split, train  # the demo's own training script
+
+    workdir = workdir.resolve()
+    checkpoints, store = workdir / "checkpoints", workdir / "model_store"
+    for path in (checkpoints, store):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    _, test = load_digits_split()
+
+    _say(f"1. training epoch 1 of the digits CNN; checkpoints go to {checkpoints}")
+    model, optimizer = train(checkpoints, epochs=1)
+    _say(f"   in-process accuracy after epoch 1: {accuracy(model, test):.3f}")
+
+    _say("2. packaging the model: architecture + handler + config; weights stay in the watched directory")
+    archive = package_model(
+        "digits",
+        model_store=store,
+        model_file=MODEL_DIR / "model.py",
+        config=MODEL_DIR / "model-config.yaml",
+        watch_dir=checkpoints,
+        extra_files=[MODEL_DIR / "index_to_name.json"],
+        handler_overrides={"checkpoint": None, "poll_interval_s": 0.5},
+    )
+    _say(f"   {archive}")
+
+    settings = ServerSettings(
+        model_store=store,
+        runtime_dir=Path("/tmp") / f"ckptserve-demo-{workdir.stat().st_ino}",
+        log_dir=workdir / "logs",
+        models=["digits=digits.mar"],
+        http_port=free_port(),
+        management_port=free_port(),
+        metrics_port=free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
+        metrics_config=METRICS_CONFIG if METRICS_CONFIG.is_file() else None,
+    )
+    server = Server(settings)
+    _say("3. starting TorchServe (Java frontend, 2 Python workers) on loopback")
+    started = time.perf_counter()
+    server.start()
+    _say(f"   ready in {time.perf_counter() - started:.1f}s\n" + _indent(server.describe_endpoints()))
+    url = server.torchserve.urls.inference
+    try:
+        _say(f"4. sending the {len(test[1])} held-out images over HTTP, {clients} clients in parallel")
+        served = _evaluate(url, test, clients)
+        _say(f"   {served['epochs']}: served accuracy {served['accuracy']:.3f} ({served['rps']:.0f} req/s)")
+
+        _say(f"5. training goes on: epochs 2..{epochs}; each new checkpoint is hot-reloaded while we query")
+        for epoch in range(2, epochs + 1):
+            model, optimizer = train(
+                checkpoints, epochs=1, start_epoch=epoch, model=model, optimizer=optimizer
+            )
+            waited = _wait_for_epoch(url, test, epoch)
+            served = _evaluate(url, test, clients)
+            _say(
+                f"   epoch {epoch}: picked up in {waited:.1f}s, served accuracy {served['accuracy']:.3f} "
+                f"(in-process {accuracy(model, test):.3f})"
+            )
+        _say(
+            "6. try it yourself"
+            + (" (server left running):" if keep_running else " next time with --keep-running:")
+        )
+        sample = json.dumps({"instances": test[0][:1].int().tolist()}, separators=(",", ":"))
+        lines = [
+            f"curl -s {url}/predictions/digits -H 'Content-Type: application/json' -d '{sample}'",
+            f"ckptserve predict digits --port {settings.http_port} --json '{sample}'",
+            f"curl -s '{server.torchserve.urls.management}/models/digits?customized=true'  # live model",
+            f"python model_store/digits/train.py {checkpoints} --epochs 3   # new checkpoints get served",
+            f"ckptserve stop --runtime-dir {settings.runtime_dir}",
+        ]
+        _say(_indent("\n".join(lines)))
+    except BaseException:
+        server.stop()
+        raise
+    if keep_running:
+        server.detach()
+    else:
+        server.stop()
+    return 0
+
+
+def _evaluate(url: str, test: tuple[torch.Tensor, torch.Tensor], clients: int) -> dict[str, float | str]:
+    images, labels = test
+    shards = [range(i, len(labels), clients) for i in range(clients)]
+
+    def run(indices: range) -> int:
+        correct = 0
+        with HttpClient(url) as client:
+            for i in indices:
+                _, body = client.request(
+                    "POST",
+                    "/predictions/digits",
+                    json.dumps({"instances": images[i : i + 1].tolist()}).encode(),
+                    "application/json",
+                )
+                top = json.loads(body)["predictions"][0][0]["index"]
+                correct += int(top == int(labels[i]))
+        return correct
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(run, shards))
+    elapsed = time.perf_counter() - started
+    epochs = _served_epochs(url)
+    return {
+        "accuracy": sum(results) / len(labels),
+        "rps": len(labels) / elapsed,
+        "epochs": epochs,
+    }
+
+
+def _served_epochs(url: str) -> str:
+    """The checkpoint(s) answering right now, from the response header (both workers, usually)."""
+    seen = set()
+    with HttpClient(url) as client:
+        for _ in range(8):
+            client.request(
+                "POST", "/predictions/digits", b'{"instances": [' + _ZEROS + b"]}", "application/json"
+            )
+            seen.add(client.last_headers.get(CHECKPOINT_HEADER, "?").split("@")[0])
+    return ",".join(sorted(seen))
+
+
+_ZEROS = json.dumps(torch.zeros(1, 8, 8).tolist()).encode()
+
+
+def _wait_for_epoch(
+    url: str, test: tuple[torch.Tensor, torch.Tensor], epoch: int, timeout_s: float = 30.0
+) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if _served_epochs(url) == f"epoch={epoch}":
+            return time.perf_counter() - started
+        time.sleep(0.1)
+    raise TimeoutError(f"the server did not pick up epoch {epoch} within {timeout_s:.0f}s")
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"   {line}" for line in text.splitlines())

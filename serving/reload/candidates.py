@@ -1,0 +1,141 @@
+"""Find complete checkpoints in a watched directory: skip temp names, wait for writers to finish."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.checkpoints.layout import Layout, detect_layout
+from serving.checkpoints.reader import read_metadata
+from serving.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# Names writers use while a file is incomplete (torch.save to a temp name, rsync, browsers, editors).
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".crdownload", ".lock", ".swp", "~")
+_NUMBER_IN_NAME = re.compile(r"(?:epoch|ep|step|iter)[_=\-]?(\d+)", re.IGNORECASE)
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+PIN_FILE = ".pin"  # hidden, so never a candidate itself: holds the pinned checkpoint's name
+
+
+def is_temporary(name: str) -> bool:
+    """Hidden and temp names are never candidates: writers use them for unfinished files."""
+    return name.startswith((".", "~", "#")) or name.endswith(_TEMP_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What changes when a file (or any file of a checkpoint directory) is written."""
+
+    parts: tuple[tuple[str, int, int, int], ...]  # (relative name, size, mtime_ns, inode)
+
+    @property
+    def mtime_ns(self) -> int:
+        return max((p[2] for p in self.parts), default=0)
+
+
+@dataclass
+class Candidate:
+    """A complete checkpoint in the watched directory, with what the policies need to rank it."""
+
+    path: Path
+    signature: Signature
+    epoch: int | None = None  # from the checkpoint's metadata, else from its file name
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None  # filled in lazily, when the candidate is about to be loaded
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _file_signature(path: Path, relative: str) -> tuple[tuple[str, int, int, int], int]:
+    st = path.stat()
+    return (relative, st.st_size, st.st_mtime_ns, st.st_ino), st.st_ctime_ns
+
+
+class Scanner:
+    """Lists the complete checkpoints of one directory, poll after poll.
+
+    A file counts once it arrived by atomic rename (its inode changed after its last write: ctime
+    later than mtime, which is what ``save_checkpoint``, rsync and ``mv`` produce) or once it is
+    unchanged across two polls (a plain in-place ``torch.save``). Directories (DCP, sharded
+    safetensors) count once their index is present and nothing in them changed across two polls.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._previous: dict[str, Signature] = {}
+        self._metadata: dict[tuple[str, Signature], tuple[int | None, dict[str, Any]]] = {}
+
+    def scan(self) -> list[Candidate]:
+        current: dict[str, Signature] = {}
+        complete: list[Candidate] = []
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.directory, exc)
+            return []
+        for entry in entries:
+            if is_temporary(entry.name):
+                continue
+            try:
+                signature, atomic = self._signature(entry)
+            except OSError:
+                continue  # deleted or renamed while we looked
+            if signature is None:
+                continue
+            current[entry.name] = signature
+            stable = self._previous.get(entry.name) == signature
+            if not (atomic or stable) or not any(size for _, size, _, _ in signature.parts):
+                continue
+            epoch, metadata = self._describe(entry, signature)
+            complete.append(Candidate(entry, signature, epoch, metadata))
+        self._previous = current
+        self._metadata = {k: v for k, v in self._metadata.items() if current.get(k[0]) == k[1]}
+        return complete
+
+    def _signature(self, entry: Path) -> tuple[Signature | None, bool]:
+        if entry.is_file():
+            part, ctime_ns = _file_signature(entry, entry.name)
+            return Signature((part,)), ctime_ns > part[2]
+        if entry.is_dir() and ((entry / ".metadata").is_file() or any(entry.glob("*.index.json"))):
+            parts = tuple(
+                _file_signature(p, str(p.relative_to(entry)))[0]
+                for p in sorted(entry.rglob("*"))
+                if p.is_file()
+            )
+            return Signature(parts), False
+        return None, False
+
+    def _describe(self, entry: Path, signature: Signature) -> tuple[int | None, dict[str, Any]]:
+        key = (entry.name, signature)
+        if key not in self._metadata:
+            metadata: dict[str, Any] = {}
+            try:
+                if detect_layout(entry) in (Layout.TORCH_SAVE, Layout.SAFETENSORS):
+                    metadata = read_metadata(entry)
+            except CheckpointError:
+                pass  # not readable as metadata; the validation gate gives the real reason
+            epoch = metadata.get("epoch")
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                epoch = number_in_name(entry.name)
+            self._metadata[key] = (epoch, metadata)
+        return self._metadata[key]
+
+
+def number_in_name(name: str) -> int | None:
+    """The epoch/step number a file name carries: model_epoch_12.pth -> 12, ckpt-300.pt -> 300."""
+    match = _NUMBER_IN_NAME.search(name) or _LAST_NUMBER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def read_pin(directory: Path) -> str | None:
+    """The checkpoint name in ``directory/.pin`` (written by ``ckptserve pin``), if any."""
+    try:
+        return (directory / PIN_FILE).read_text().strip() or None
+    except OSError:
+        return None
