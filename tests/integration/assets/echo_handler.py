@@ -1,0 +1,45 @@
+"""A minimal TorchServe handler for the integration tests: echoes each request, or fails on purpose."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# The marker line ckptserve's process module looks for in the worker log; the real handler logs the same.
+LOAD_ERROR_MARKER = "ckptserve-load-error:"
+
+
+class EchoHandler:
+    """Echoes each request's body; ``echo.fail`` or ``echo.crash`` in model-config.yaml makes it fail.
+
+    ``fail`` logs the ckptserve marker line before raising (what our real handler does); ``crash`` raises
+    a plain exception, as a handler with a bug would.
+    """
+
+    def __init__(self) -> None:
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        settings = (context.model_yaml_config or {}).get("echo") or {}
+        if settings.get("fail"):
+            logger.error("%s %s", LOAD_ERROR_MARKER, settings["fail"])
+            raise RuntimeError(settings["fail"])
+        if settings.get("crash"):
+            raise ValueError(settings["crash"])
+        self.initialized = True
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        replies = []
+        for request in data:
+            body = request.get("body", request.get("data"))
+            if isinstance(body, (bytes, bytearray)):  # ckptserve turns TorchServe's JSON decoding off
+                body = body.decode("utf-8", errors="replace")
+                try:
+                    body = json.loads(body)
+                except ValueError:
+                    pass
+            replies.append(json.dumps({"model": context.model_name, "echo": body}, default=repr))
+        return replies
