@@ -24,6 +24,7 @@ from serving.spec import ModelSpec, parse_spec
 log = logging.getLogger("ckptserve.handler")
 LOAD_ERROR_MARKER = "ckptserve-load-error:"
 CHECKPOINT_HEADER = "x-ckptserve-checkpoint"  # on every answer: which checkpoint produced it
+BATCH_HEADER = "x-ckptserve-batch-size"  # how many requests shared the forward pass
 
 
 class CheckpointHandler:
@@ -58,10 +59,11 @@ class CheckpointHandler:
         assert self.service is not None, "handle() before initialize()"
         requests = [(_body(row), _content_type(context, idx, row)) for idx, row in enumerate(data)]
         replies, report = self.service.infer(requests)
-        served_by = _checkpoint_label(report.model)
+        served_by, batch = _checkpoint_label(report.model), str(len(replies))
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
+            context.set_response_header(idx, BATCH_HEADER, batch)
             if served_by:
                 context.set_response_header(idx, CHECKPOINT_HEADER, served_by)
         return [reply.body for reply in replies]
@@ -70,11 +72,12 @@ class CheckpointHandler:
 
     def describe(self) -> dict[str, Any]:
         """Shown as ``customizedMetadata`` by ``GET /models/NAME?customized=true``."""
-        assert self.spec is not None and self.model is not None
-        info = checkpoint_info(self.model)
+        assert self.spec is not None and self.slot is not None
+        info = self.slot.info
         return {
             "checkpoint": {k: v for k, v in info.to_dict().items() if k != "metadata"},
             "checkpoint_metadata": info.metadata,
+            "reload": self.reloader.status.to_dict() if self.reloader else None,
             "input": {
                 "shape": list(self.spec.input.shape),
                 "dtype": str(self.spec.input.dtype).removeprefix("torch."),

@@ -261,6 +261,9 @@ def render_properties(settings: ServerSettings) -> str:
         "metrics_mode": "prometheus",
         "enable_metrics_api": "true",
         "install_py_dep_per_model": "false",
+        # Workers hand the handler raw bytes: ckptserve's codecs parse JSON once, and a malformed body
+        # becomes a clean 400 instead of a logged traceback from TorchServe's own decoder.
+        "decode_input_request": "false",
         "ts_open_inference_protocol": "true" if settings.open_inference else "false",
     }
     if not settings.token_auth:

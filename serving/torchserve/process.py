@@ -157,9 +157,6 @@ class TorchServeProcess:
             TMPDIR=str(self.runtime_dir),  # the wrapper's pid file
             LOG_LOCATION=str(self.log_dir),
             METRICS_LOCATION=str(self.log_dir),
-            # Workers hand the handler raw bytes: ckptserve's codecs parse JSON once, and a malformed
-            # body becomes a clean 400 instead of a logged traceback in TorchServe's own decoder.
-            TS_DECODE_INPUT_REQUEST="false",
         )
 
         # Both TorchServe's built-in log config and ours write worker output to LOG_LOCATION/model_log.log;

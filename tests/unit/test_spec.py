@@ -44,7 +44,11 @@ def test_full_config(tmp_path: Path) -> None:
     assert spec.input.dtype == torch.int64 and spec.input.max_instances == 8
     assert spec.postprocess.labels == ("cat", "dog")
     assert spec.reload.watch_dir == Path("/ckpts") and spec.reload.strategy == "inplace"
-    assert (spec.reload.policy, spec.reload.metric, spec.reload.mode) == ("best", "metrics.val_accuracy", "max")
+    assert (spec.reload.policy, spec.reload.metric, spec.reload.mode) == (
+        "best",
+        "metrics.val_accuracy",
+        "max",
+    )
 
 
 @pytest.mark.parametrize(
