@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(trained: Trained, start_server, tmp_path_factory: pytest.TempPathFactory) -> TorchServeProcess:  # noqa: ANN001
+def server(trained: Trained, start_server, tmp_path_factory: pytest.TempPathFactory) -> TorchServeProcess:
     store = tmp_path_factory.mktemp("http-store")
     package(
         store,
@@ -42,7 +42,7 @@ def server(trained: Trained, start_server, tmp_path_factory: pytest.TempPathFact
 
 def predict(
     server: TorchServeProcess, body: bytes, content_type: str = "application/json", model: str = "digits"
-):  # noqa: ANN201
+):
     return http(f"{server.urls.inference}/predictions/{model}", body, content_type)
 
 
@@ -160,7 +160,7 @@ def test_bad_requests_get_their_4xx_while_batch_neighbours_succeed(
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(send, jobs))
-    for (name, (_, _, expected, fragment)), (status, headers, body) in zip(
+    for (name, (_, _, expected, fragment)), (status, _headers, body) in zip(
         BAD_REQUESTS.items(), results[8:], strict=True
     ):
         assert status == expected, (name, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -37,9 +38,7 @@ class EchoHandler:
             body = request.get("body", request.get("data"))
             if isinstance(body, (bytes, bytearray)):  # ckptserve turns TorchServe's JSON decoding off
                 body = body.decode("utf-8", errors="replace")
-                try:
+                with contextlib.suppress(ValueError):
                     body = json.loads(body)
-                except ValueError:
-                    pass
             replies.append(json.dumps({"model": context.model_name, "echo": body}, default=repr))
         return replies
