@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"load": "benchmarks.load"}
+BENCHMARKS = {"load": "benchmarks.load", "http": "benchmarks.http"}
 
 
 def main() -> None:
