@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,16 +63,18 @@ def _file_signature(path: Path, relative: str) -> tuple[tuple[str, int, int, int
 class Scanner:
     """Lists the complete checkpoints of one directory, poll after poll.
 
-    A file counts once it arrived by atomic rename (its inode changed after its last write: ctime
-    later than mtime, which is what ``save_checkpoint``, rsync and ``mv`` produce) or once it is
-    unchanged across two polls (a plain in-place ``torch.save``). Directories (DCP, sharded
-    safetensors) count once their index is present and nothing in them changed across two polls.
+    A file counts once its own structure says it is whole (a torch.save zip with its central
+    directory, a safetensors file whose header accounts for every byte), once it arrived by rename
+    after its last write (ctime later than mtime: ``mv``, rsync), or once it is unchanged across two
+    polls (anything else written in place). Directories (DCP, sharded safetensors) count once their
+    index is present and nothing in them changed across two polls.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._previous: dict[str, Signature] = {}
         self._metadata: dict[tuple[str, Signature], tuple[int | None, dict[str, Any]]] = {}
+        self._complete: dict[tuple[str, Signature], bool] = {}
 
     def scan(self) -> list[Candidate]:
         current: dict[str, Signature] = {}
@@ -89,13 +94,16 @@ class Scanner:
             if signature is None:
                 continue
             current[entry.name] = signature
+            if not any(size for _, size, _, _ in signature.parts):
+                continue
             stable = self._previous.get(entry.name) == signature
-            if not (atomic or stable) or not any(size for _, size, _, _ in signature.parts):
+            if not (atomic or stable or self._finished(entry, signature)):
                 continue
             epoch, metadata = self._describe(entry, signature)
             complete.append(Candidate(entry, signature, epoch, metadata))
         self._previous = current
         self._metadata = {k: v for k, v in self._metadata.items() if current.get(k[0]) == k[1]}
+        self._complete = {k: v for k, v in self._complete.items() if current.get(k[0]) == k[1]}
         return complete
 
     def _signature(self, entry: Path) -> tuple[Signature | None, bool]:
@@ -111,6 +119,14 @@ class Scanner:
             return Signature(parts), False
         return None, False
 
+    def _finished(self, entry: Path, signature: Signature) -> bool:
+        # A file whose own structure says it is whole: a zip (torch.save) ends with its central
+        # directory, a safetensors header accounts for every byte. Checked once per signature.
+        key = (entry.name, signature)
+        if key not in self._complete:
+            self._complete[key] = entry.is_file() and is_whole_file(entry)
+        return self._complete[key]
+
     def _describe(self, entry: Path, signature: Signature) -> tuple[int | None, dict[str, Any]]:
         key = (entry.name, signature)
         if key not in self._metadata:
@@ -125,6 +141,25 @@ class Scanner:
                 epoch = number_in_name(entry.name)
             self._metadata[key] = (epoch, metadata)
         return self._metadata[key]
+
+
+def is_whole_file(path: Path) -> bool:
+    """True when a zip or safetensors file is structurally complete (a partial write is not)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            size = path.stat().st_size
+            if head.startswith(b"PK\x03\x04"):
+                with zipfile.ZipFile(fh) as archive:
+                    return bool(archive.namelist())
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if 0 < header_len < min(size, 100 << 20):
+                header = json.loads(fh.read(header_len))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                return 8 + header_len + max(ends, default=0) == size
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, struct.error):
+        return False
+    return False
 
 
 def number_in_name(name: str) -> int | None:

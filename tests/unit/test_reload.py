@@ -1,0 +1,219 @@
+"""Hot reload without a server: completeness rules, policies, the validation gate, both swap strategies."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving import checkpoint_info, load_model, save_checkpoint
+from serving.reload import ModelSlot, Reloader, Scanner, number_in_name, rank, sample_input
+from serving.reload.candidates import read_pin
+from serving.spec import ReloadSpec, parse_spec
+from tests.assets.archs import SmallNet
+from tests.conftest import Reference, train_reference
+
+
+def _spec(watch: Path, **reload: object) -> object:
+    handler = {
+        "architecture": "tests.assets.archs:SmallNet",
+        "input": {"shape": [1, 8, 8]},
+        "watch_dir": str(watch),
+    }
+    return parse_spec({**handler, "poll_interval_s": 0.01, **reload}, model_dir=watch)
+
+
+def _loader(spec: object):  # noqa: ANN202
+    return lambda path, sha: load_model(SmallNet, path, sha256=sha)
+
+
+# --- which files count ---------------------------------------------------------------------------
+
+
+def test_temp_and_hidden_names_never_count(reference: Reference, tmp_path: Path) -> None:
+    torch.save(reference.model.state_dict(), tmp_path / "source.pth")
+    data = (tmp_path / "source.pth").read_bytes()
+    (tmp_path / "source.pth").unlink()
+    for name in (".model_epoch_3.pth.x1y2.tmp", "model.pth.part", "~model.pth", ".pin", "model.pth.tmp"):
+        (tmp_path / name).write_bytes(data)
+    scanner = Scanner(tmp_path)
+    assert scanner.scan() == [] and scanner.scan() == []
+
+
+def test_whole_files_count_at_once_others_after_one_stable_poll(reference: Reference, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, reference.model, epoch=1)  # a complete zip: counts at once
+    torch.save(reference.model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    legacy = tmp_path / "legacy.pt"
+    os.utime(legacy, ns=(time.time_ns(), legacy.stat().st_mtime_ns))  # not renamed: ctime == mtime
+    st = legacy.stat()
+    scanner = Scanner(tmp_path)
+    first = {c.name for c in scanner.scan()}
+    assert "model_epoch_1.pth" in first
+    assert ("legacy.pt" in first) == (st.st_ctime_ns > st.st_mtime_ns)  # no structure to check
+    assert {c.name for c in scanner.scan()} == {"model_epoch_1.pth", "legacy.pt"}
+
+
+def test_a_file_that_keeps_growing_never_counts(tmp_path: Path) -> None:
+    scanner = Scanner(tmp_path)
+    path = tmp_path / "model_epoch_9.pth"
+    with path.open("wb") as fh:
+        for _ in range(4):
+            fh.write(b"x" * 1000)
+            fh.flush()
+            assert scanner.scan() == []
+
+
+def test_a_directory_counts_once_its_index_exists_and_it_is_stable(
+    reference: Reference, tmp_path: Path
+) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    scanner = Scanner(tmp_path)
+    (tmp_path / "step_100").mkdir()
+    (tmp_path / "step_100" / "__0_0.distcp").write_bytes(b"partial")
+    assert scanner.scan() == []  # no .metadata yet: still being written
+    dcp.save({"model": reference.model.state_dict()}, checkpoint_id=tmp_path / "step_200")
+    assert scanner.scan() == []  # first sight of a directory: not proven stable
+    (found,) = scanner.scan()
+    assert found.name == "step_200" and found.epoch == 200
+
+
+def test_epoch_comes_from_metadata_then_the_name(reference: Reference, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "renamed.pth", reference.model, epoch=7)
+    torch.save(reference.model.state_dict(), tmp_path / "ckpt-step=300.pt")
+    scanner = Scanner(tmp_path)
+    scanner.scan()
+    found = {c.name: c.epoch for c in scanner.scan()}
+    assert found == {"renamed.pth": 7, "ckpt-step=300.pt": 300}
+    assert number_in_name("model_epoch_12.pth") == 12
+    assert number_in_name("model_final.pth") is None
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+
+def _candidates(reference: Reference, d: Path, entries: dict[str, dict]) -> list:
+    for name, meta in entries.items():
+        torch.save({"model_state_dict": reference.model.state_dict(), **meta}, d / name)
+    scanner = Scanner(d)
+    scanner.scan()
+    return scanner.scan()
+
+
+def test_latest_best_and_pinned(reference: Reference, tmp_path: Path) -> None:
+    found = _candidates(
+        reference,
+        tmp_path,
+        {
+            "a.pth": {"epoch": 3, "loss": 0.2, "metrics": {"acc": 0.9}},
+            "b.pth": {"epoch": 10, "loss": 0.5, "metrics": {"acc": 0.7}},
+            "c.pth": {"epoch": 5, "loss": 0.1},
+        },
+    )
+    names = lambda ranked: [c.name for c in ranked]  # noqa: E731
+    assert names(rank(found, ReloadSpec(tmp_path, policy="latest"))) == ["b.pth", "c.pth", "a.pth"]
+    assert names(rank(found, ReloadSpec(tmp_path, policy="best", metric="loss"))) == [
+        "c.pth",
+        "a.pth",
+        "b.pth",
+    ]
+    best_acc = ReloadSpec(tmp_path, policy="best", metric="metrics.acc", mode="max")
+    assert names(rank(found, best_acc)) == ["a.pth", "b.pth"]  # c has no accuracy: not eligible
+    assert names(rank(found, ReloadSpec(tmp_path, policy="pinned", pinned="a.pth"))) == ["a.pth"]
+    (tmp_path / ".pin").write_text("c.pth\n")  # `ckptserve pin` writes this; it overrides the config
+    assert read_pin(tmp_path) == "c.pth"
+    assert names(rank(found, ReloadSpec(tmp_path, policy="pinned", pinned="a.pth"))) == ["c.pth"]
+
+
+# --- the gate and the swap -----------------------------------------------------------------------
+
+
+def _slot(reference: Reference, path: Path) -> ModelSlot:
+    return ModelSlot(load_model(SmallNet, path), sample_input((1, 8, 8), torch.float32))
+
+
+def test_reloader_serves_the_newest_valid_and_rejects_the_rest(reference: Reference, tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    reloader = Reloader(spec, _loader(spec))
+    slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
+    reloader.slot = slot
+    assert checkpoint_info(slot.model).epoch == 1
+
+    newer = train_reference(seed=5)
+    save_checkpoint(tmp_path, newer.model, epoch=2)
+    assert reloader.poll_once()
+    with slot.use() as model, torch.no_grad():
+        assert torch.equal(model(newer.inputs), newer.outputs)
+
+    nan = train_reference(seed=6).model
+    with torch.no_grad():
+        nan.fc.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path, nan, epoch=3)
+    wide = train_reference(hidden=32).model
+    save_checkpoint(tmp_path, wide, epoch=4)
+    data = (tmp_path / "model_epoch_2.pth").read_bytes()
+    (tmp_path / "model_epoch_5.pth").write_bytes(data[: len(data) // 2])
+    for _ in range(6):
+        assert not reloader.poll_once()
+    assert checkpoint_info(slot.model).epoch == 2  # still the last good one
+    reasons = {Path(r.path).name: r.reason for r in reloader.status.recent_rejections}
+    assert "non-finite" in reasons["model_epoch_3.pth"]
+    assert "do not fit the architecture" in reasons["model_epoch_4.pth"]
+    assert "truncated" in reasons["model_epoch_5.pth"]
+    assert reloader.status.rejected == 3  # each once: not retried until its content changes
+    assert reloader.status.reloads == 1
+
+    save_checkpoint(tmp_path, train_reference(seed=7).model, epoch=5)  # same name, new content
+    assert reloader.poll_once() and checkpoint_info(slot.model).epoch == 5
+
+
+def test_start_up_skips_a_broken_newest_checkpoint(reference: Reference, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    (tmp_path / "model_epoch_2.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    spec = _spec(tmp_path)
+    reloader = Reloader(spec, _loader(spec))
+    model = reloader.initial_model(lambda m: None)
+    assert checkpoint_info(model).epoch == 1
+    assert reloader.status.last_rejected is not None and "model_epoch_2" in reloader.status.last_rejected.path
+
+
+def test_inplace_copies_into_the_live_tensors(reference: Reference, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, reload_strategy="inplace")
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    reloader = Reloader(spec, _loader(spec))
+    slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
+    reloader.slot = slot
+    live, weight = slot.model, slot.model.fc.weight
+    newer = train_reference(seed=11)
+    save_checkpoint(tmp_path, newer.model, epoch=2)
+    assert reloader.poll_once()
+    assert slot.model is live and slot.model.fc.weight is weight  # same tensors, new values
+    assert checkpoint_info(live).epoch == 2
+    with torch.no_grad():
+        assert torch.equal(live(newer.inputs), newer.outputs)
+    bad = train_reference(seed=12).model
+    with torch.no_grad():
+        bad.head.bias[0] = float("inf")
+    save_checkpoint(tmp_path, bad, epoch=3)
+    assert not reloader.poll_once()
+    with torch.no_grad():
+        assert torch.equal(live(newer.inputs), newer.outputs)  # nothing of the bad one was copied
+
+
+def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    slot = _slot(reference, tmp_path / "model_epoch_1.pth")
+    with slot.use() as in_flight:
+        pass
+    newer = load_model(SmallNet, save_checkpoint(tmp_path, train_reference(seed=3).model, epoch=2))
+    slot.validate(newer)
+    slot.swap(newer)
+    assert in_flight is not slot.model and checkpoint_info(in_flight).epoch == 1
+    with pytest.raises(Exception, match="shape"):
+        slot.validate(torch.nn.Linear(64, 3))  # a model whose output shape differs is refused
+    assert nullcontext  # (imported for symmetry with the service tests)
