@@ -37,7 +37,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(trained: Trained, dirs: dict[str, Path], start_server, tmp_path_factory) -> TorchServeProcess:  # noqa: ANN001
+def server(trained: Trained, dirs: dict[str, Path], start_server, tmp_path_factory) -> TorchServeProcess:
     for name in dirs:
         save_checkpoint(dirs[name], trained.models[1], epoch=1, metrics={"val_accuracy": 0.5})
     store = tmp_path_factory.mktemp("reload-store")

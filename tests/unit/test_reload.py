@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,8 @@ def _spec(watch: Path, **reload: object) -> object:
     return parse_spec({**handler, "poll_interval_s": 0.01, **reload}, model_dir=watch)
 
 
-def _loader(spec: object):  # noqa: ANN202
-    return lambda path, sha: load_model(SmallNet, path, sha256=sha)
+def _loader(path: Path, sha: str) -> torch.nn.Module:
+    return load_model(SmallNet, path, sha256=sha)
 
 
 # --- which files count ---------------------------------------------------------------------------
@@ -139,7 +138,7 @@ def _slot(reference: Reference, path: Path) -> ModelSlot:
 def test_reloader_serves_the_newest_valid_and_rejects_the_rest(reference: Reference, tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     save_checkpoint(tmp_path, reference.model, epoch=1)
-    reloader = Reloader(spec, _loader(spec))
+    reloader = Reloader(spec, _loader)
     slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
     reloader.slot = slot
     assert checkpoint_info(slot.model).epoch == 1
@@ -176,7 +175,7 @@ def test_start_up_skips_a_broken_newest_checkpoint(reference: Reference, tmp_pat
     save_checkpoint(tmp_path, reference.model, epoch=1)
     (tmp_path / "model_epoch_2.pth").write_bytes(b"PK\x03\x04 not really a zip")
     spec = _spec(tmp_path)
-    reloader = Reloader(spec, _loader(spec))
+    reloader = Reloader(spec, _loader)
     model = reloader.initial_model(lambda m: None)
     assert checkpoint_info(model).epoch == 1
     assert reloader.status.last_rejected is not None and "model_epoch_2" in reloader.status.last_rejected.path
@@ -185,7 +184,7 @@ def test_start_up_skips_a_broken_newest_checkpoint(reference: Reference, tmp_pat
 def test_inplace_copies_into_the_live_tensors(reference: Reference, tmp_path: Path) -> None:
     spec = _spec(tmp_path, reload_strategy="inplace")
     save_checkpoint(tmp_path, reference.model, epoch=1)
-    reloader = Reloader(spec, _loader(spec))
+    reloader = Reloader(spec, _loader)
     slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
     reloader.slot = slot
     live, weight = slot.model, slot.model.fc.weight
@@ -216,4 +215,3 @@ def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp
     assert in_flight is not slot.model and checkpoint_info(in_flight).epoch == 1
     with pytest.raises(Exception, match="shape"):
         slot.validate(torch.nn.Linear(64, 3))  # a model whose output shape differs is refused
-    assert nullcontext  # (imported for symmetry with the service tests)
