@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"load": "benchmarks.load", "http": "benchmarks.http"}
+BENCHMARKS = {"load": "benchmarks.load", "http": "benchmarks.http", "reload": "benchmarks.reload"}
 
 
 def main() -> None:

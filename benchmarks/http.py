@@ -1,4 +1,4 @@
-"""HTTP throughput and latency of the demo model on a real TorchServe, measured with wrk (a real load generator).
+"""HTTP throughput and latency of the demo model on a real TorchServe, measured with wrk (a load generator).
 
 Needs `wrk` (Debian: apt-get install wrk). Prints requests/s and p50/p99 per concurrency level.
 """
@@ -22,7 +22,7 @@ DIGITS = ROOT / "model_store" / "digits"
 
 
 def start_demo_server(workdir: Path, **settings: Any) -> Any:
-    """Train one epoch of the demo model, package it like the demo does, start TorchServe; returns the Server."""
+    """Train one epoch of the demo model, package it as the demo does, start TorchServe; return the Server."""
     sys.path.insert(0, str(DIGITS))
     from train import train
 
@@ -47,7 +47,9 @@ def start_demo_server(workdir: Path, **settings: Any) -> Any:
             model_store=store,
             runtime_dir=workdir / "rt",
             models=["digits=digits.mar"],
-            metrics_config=settings.pop("metrics_config", METRICS_CONFIG if METRICS_CONFIG.is_file() else None),
+            metrics_config=settings.pop(
+                "metrics_config", METRICS_CONFIG if METRICS_CONFIG.is_file() else None
+            ),
             **{p: free_port() for p in ports},
             **settings,
         )
@@ -73,7 +75,16 @@ def wrk(url: str, body: Path, connections: int, seconds: int, threads: int = 2) 
         f'local f = io.open("{body}", "r"); wrk.body = f:read("*a"); f:close()\n'
     )
     out = subprocess.run(
-        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -102,14 +113,19 @@ def main(argv: list[str] | None = None) -> None:
             body = sample_body(workdir / "body.json")
             wrk(url, body, 16, 3)  # warm-up
             rows = {}
-            print(f"{'connections':>11} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+            print(
+                f"{'connections':>11} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+            )
             for c in args.connections:
                 r = wrk(url, body, c, args.seconds)
                 rows[f"c{c}"] = r
-                print(f"{c:>11} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non_2xx']:>8.0f}")
+                cells = (f"{r['rps']:.0f}", *(f"{r[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms")))
+                print(f"{c:>11}", " ".join(f"{x:>8}" for x in cells), f"{r['non_2xx']:>8.0f}")
         finally:
             server.stop()
-    config = "demo model-config.yaml: 2 workers, batchSize 8, maxBatchDelay 5 ms, 1 intra-op thread per worker"
+    config = (
+        "demo model-config.yaml: 2 workers, batchSize 8, maxBatchDelay 5 ms, 1 intra-op thread per worker"
+    )
     path = save_results("http", {"setup": config, "seconds": args.seconds, "results": rows})
     print(f"results: {path}")
 
