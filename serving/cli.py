@@ -82,7 +82,7 @@ def _package(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from serving.server import Server, settings_from_args
 
-    server = Server(settings_from_args(args))
+    server = Server(settings_from_args(args), oip_grpc_port=None if args.no_oip_grpc else args.oip_grpc_port)
     server.start(timeout_s=args.timeout)
     print(server.describe_endpoints())
     if not args.foreground:
@@ -107,13 +107,29 @@ def _predict(args: argparse.Namespace) -> int:
         raise RequestError("Give the request body with exactly one of --json or --file.")
     body = args.json.encode() if args.json is not None else Path(args.file).read_bytes()
     content_type = "application/x-npy" if body.startswith(b"\x93NUMPY") else "application/json"
-    with HttpClient(f"http://{args.host}:{args.port}", token=args.token) as client:
+    if args.grpc:
+        return _predict_grpc(args, body, content_type)
+    with HttpClient(f"http://{args.host}:{args.port or 8080}", token=args.token) as client:
         status, data = client.request("POST", f"/predictions/{args.name}", body, content_type)
     try:
         print(json.dumps(json.loads(data), indent=2))
     except ValueError:
         print(f"<{len(data)} bytes of {content_type}>")
     return 0 if status < 400 else 1
+
+
+def _predict_grpc(args: argparse.Namespace, body: bytes, content_type: str) -> int:
+    from serving.client.grpc import GrpcClient
+    from serving.grpc.status import error_from_body
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    with GrpcClient(f"{host}:{args.port or 7070}", token=args.token) as client:
+        data = client.request(args.name, body)  # TorchServe's Predictions: the handler's bytes, as over HTTP
+    try:
+        print(json.dumps(json.loads(data), indent=2))
+    except ValueError:
+        print(f"<{len(data)} bytes of {content_type}>")
+    return 1 if error_from_body(data) is not None else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -156,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", action="store_true", help="stay attached; stop the server on Ctrl-C/TERM"
     )
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for READY workers")
+    serve.add_argument(
+        "--oip-grpc-port", type=int, default=8001, help="Open Inference Protocol v2 gRPC gateway"
+    )
+    serve.add_argument("--no-oip-grpc", action="store_true", help="do not start the OIP v2 gRPC gateway")
     serve.set_defaults(run=_serve)
 
     stop = commands.add_parser("stop", help="stop a server started with `ckptserve serve`")
@@ -169,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", help="the JSON body, e.g. '{\"instances\": [...]}'")
     predict.add_argument("--file", help="a file with the body (JSON or .npy)")
     predict.add_argument("--host", default="127.0.0.1")
-    predict.add_argument("--port", type=int, default=8080)
+    predict.add_argument("--port", type=int, help="default 8080, or 7070 with --grpc")
+    predict.add_argument(
+        "--grpc", action="store_true", help="call TorchServe's gRPC Predictions instead of HTTP"
+    )
     predict.add_argument("--token", help="TorchServe inference token, when token auth is on")
     predict.set_defaults(run=_predict)
 

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 from serving.errors import ServerError
+from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free
+from serving.grpc.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_state
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,13 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 class Server:
-    """One TorchServe process with ckptserve's settings."""
+    """One TorchServe process with ckptserve's settings, and the OIP v2 gRPC gateway when given a port."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, oip_grpc_port: int | None = None) -> None:
         self.settings = settings
         self.torchserve = TorchServeProcess(settings)
+        self.oip_grpc_port = oip_grpc_port
+        self.gateway: GatewayProcess | None = None
 
     @property
     def runtime_dir(self) -> Path:
@@ -51,12 +55,30 @@ class Server:
 
     def start(self, timeout_s: float = 180.0) -> dict[str, int]:
         """Start and wait for READY workers; on failure stop everything and raise the worker's reason."""
+        if self.oip_grpc_port is not None:
+            check_port_free(self.settings.host, self.oip_grpc_port)  # before TorchServe's seconds of start-up
         self.torchserve.start()
         try:
-            return self.torchserve.wait_ready(self.settings.models, timeout_s=timeout_s)
+            ready = self.torchserve.wait_ready(self.settings.models, timeout_s=timeout_s)
+            if self.oip_grpc_port is not None:
+                self.gateway = GatewayProcess(self._gateway_settings(self.oip_grpc_port)).start()
+            return ready
         except BaseException:
-            self.torchserve.stop()
+            self.stop()
             raise
+
+    def _gateway_settings(self, port: int) -> GatewaySettings:
+        urls, ts = self.torchserve.urls, self.torchserve
+        return GatewaySettings(
+            host=self.settings.host,
+            port=port,
+            inference=urls.grpc_inference,
+            management=urls.grpc_management,
+            runtime_dir=self.runtime_dir,
+            log_dir=self.settings.logs,
+            key_file=ts.key_file if self.settings.token_auth else None,
+            watch_pgid=ts.pid,  # the wrapper leads TorchServe's process group
+        )
 
     def describe_endpoints(self) -> str:
         urls = self.torchserve.urls
@@ -67,14 +89,23 @@ class Server:
                 f"management         {urls.management}/models",
                 f"metrics            {urls.metrics}/metrics",
                 f"gRPC (TorchServe)  {urls.grpc_inference}",
+                *(
+                    [f"gRPC (OIP v2)      {urls.grpc_inference.rsplit(':', 1)[0]}:{self.oip_grpc_port}"]
+                    if self.gateway is not None
+                    else []
+                ),
                 f"logs               {self.settings.logs}",
             ]
         )
 
     def detach(self) -> None:
         self.torchserve.detach()
+        if self.gateway is not None:
+            self.gateway.detach()
 
     def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
         self.torchserve.stop()
 
     def run_until_stopped(self) -> int:
@@ -85,14 +116,20 @@ class Server:
         while not stop.wait(1.0):
             if not self.torchserve.running():
                 log.error("TorchServe exited; see %s", self.settings.logs)
+                self.stop()
+                return 1
+            if self.gateway is not None and not self.gateway.running():
+                log.error("the OIP gRPC gateway exited; see %s", self.gateway.log_path)
+                self.stop()
                 return 1
         self.stop()
         return 0
 
 
 def stop_server(runtime_dir: str | Path) -> bool:
-    """Stop the server recorded in ``runtime_dir``; False if none was running."""
+    """Stop the server recorded in ``runtime_dir`` (and its OIP gateway); False if none was running."""
+    gateway = stop_gateway_from_state(Path(runtime_dir))
     try:
-        return stop_from_state(Path(runtime_dir))
+        return stop_from_state(Path(runtime_dir)) or gateway
     except ServerError:
-        return False
+        return gateway

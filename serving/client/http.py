@@ -6,10 +6,20 @@ import http.client
 import json
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from serving.errors import CkptServeError, ModelNotReadyError, RequestError, ServerError
+from serving.client.common import (
+    JSON_TYPE,
+    InferResult,
+    Tensors,
+    decode_answer,
+    encode_instances,
+    json_inputs,
+    predictions,
+)
+from serving.errors import CkptServeError, RequestError, ServerError
+from serving.grpc.status import DeadlineExceededError, error_from_http
 
 
 class ServerReplyError(CkptServeError):
@@ -42,23 +52,34 @@ class HttpClient:
         self._conn: http.client.HTTPConnection | None = None
         self.last_headers: dict[str, str] = {}  # of the latest response, names lower-cased
 
-    def predict(self, model: str, instances: Sequence[Any]) -> list[Any]:
-        """KServe v1: ``instances`` in, the list of predictions out."""
-        reply = self.post_json(f"/predictions/{model}", {"instances": list(instances)})
-        return reply["predictions"]
+    def predict(self, model: str, instances: Any) -> Any:
+        """KServe v1 rows in, predictions out; an array (or tensor) travels as npy and comes back as one."""
+        body, content_type = encode_instances(instances)
+        status, data = self.request("POST", f"/predictions/{model}", body, content_type)
+        return predictions(raise_for_status(status, data))
 
     def infer(
-        self, model: str, inputs: Sequence[Mapping[str, Any]], request_id: str | None = None
-    ) -> dict[str, Any]:
-        """Open Inference Protocol v2: the ``inputs`` tensors in, the whole v2 response out."""
-        body: dict[str, Any] = {"inputs": list(inputs)}
+        self,
+        model: str,
+        tensors: Tensors,
+        request_id: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Open Inference Protocol v2: ``{"name": array}`` (or OIP JSON input objects) in, named arrays out.
+
+        ``result["outputs"]`` still reads the answer as the OIP JSON document.
+        """
+        body: dict[str, Any] = {"inputs": json_inputs(tensors)}
         if request_id:
             body["id"] = request_id
-        return self.post_json(f"/v2/models/{model}/infer", body)
+        if outputs:
+            body["outputs"] = [{"name": name} for name in outputs]
+        return InferResult.from_json(self.post_json(f"/v2/models/{model}/infer", body))
 
     def post_json(self, path: str, body: Any) -> Any:
-        status, data = self.request("POST", path, json.dumps(body).encode(), "application/json")
-        return _decode(status, data)
+        status, data = self.request("POST", path, json.dumps(body).encode(), JSON_TYPE)
+        return raise_for_status(status, data)
 
     def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
@@ -68,6 +89,7 @@ class HttpClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         delay = self.backoff_s
+        deadline = time.monotonic() + self.timeout_s  # covers every try
         for attempt in range(self.retries + 1):
             try:
                 conn = self._connection()
@@ -75,11 +97,17 @@ class HttpClient:
                 response = conn.getresponse()
                 data = response.read()
                 self.last_headers = {k.lower(): v for k, v in response.getheaders()}
-                if response.status != 503 or attempt == self.retries:
+                if response.status != 503 or attempt == self.retries or time.monotonic() + delay > deadline:
                     return response.status, data
-            except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as exc:
+            except TimeoutError:
                 self.close()
-                if attempt == self.retries:
+                raise DeadlineExceededError(
+                    f"No answer from {self._host}:{self._port} within {self.timeout_s:g} s.",
+                    hint="Allow more time.",
+                ) from None
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt == self.retries or time.monotonic() + delay > deadline:
                     raise ServerError(
                         f"No answer from {self._host}:{self._port} after {attempt + 1} tries: {exc}.",
                         hint="Is the server running? `ckptserve serve` starts it.",
@@ -105,14 +133,25 @@ class HttpClient:
         self.close()
 
 
-def _decode(status: int, data: bytes) -> Any:
+def raise_for_status(status: int, data: bytes) -> Any:
+    """The decoded answer (npy as an array, JSON parsed) or, for an error status, its typed error.
+
+    4xx become RequestError subclasses (ModelNotFoundError for 404, PayloadTooLargeError for 413, ...),
+    503 ModelNotReadyError; each keeps ``http_status`` and the parsed ``body``.
+    """
+    if status < 400:
+        return decode_answer(data)
     try:
         parsed: Any = json.loads(data) if data else None
     except ValueError:
         parsed = data.decode("utf-8", "replace")
-    if status < 400:
-        return parsed
-    message = parsed.get("error") or parsed.get("message") if isinstance(parsed, dict) else str(parsed)
-    if status == 503:
-        raise ModelNotReadyError(f"The server is not ready (503): {message}")
-    raise ServerReplyError(status, parsed, f"The server answered {status}: {message}")
+    if isinstance(parsed, dict):
+        message = str(parsed.get("error") or parsed.get("message") or parsed)
+        hint = parsed.get("hint") if isinstance(parsed.get("hint"), str) else None
+    else:
+        message, hint = str(parsed), None
+    if status >= 500 and status not in (503, 504):
+        raise ServerReplyError(status, parsed, f"The server answered {status}: {message}")
+    err = error_from_http(status, f"The server answered {status}: {message}", hint)
+    err.body = parsed  # type: ignore[attr-defined]
+    raise err

@@ -1,0 +1,321 @@
+"""HTTP vs TorchServe gRPC (unary, bidi streaming) vs the OIP v2 gateway on the demo model, same concurrency.
+
+Load generator: wrk for HTTP (as `python -m benchmarks http`), and for every protocol the same
+multi-process asyncio client (grpc.aio / asyncio streams; `--processes` processes sharing
+`--concurrency` outstanding requests), so that the rows compare protocols, not load generators.
+Prints requests/s and p50/p99 per row and the gateway's overhead relative to direct TorchServe gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import percentile, save_results
+from benchmarks.http import DIGITS, sample_body, start_demo_server, wrk
+
+# A second registration of the demo archive for StreamPredictions2: TorchServe 0.12 streams only to
+# sequence-batching models, and such a model serves nothing else (see the README's gRPC section).
+STREAM_MODEL = "digits_stream"
+STREAM_CONFIG = {
+    "sequenceBatching": True,
+    "sequenceMaxIdleMSec": 10000,
+    "maxSequenceJobQueueSize": 64,
+    "maxNumSequence": 64,
+}
+
+
+# --- the load generator (runs in child processes) ---------------------------------------------------
+
+
+async def _load(
+    kind: str, target: str, payload: bytes, concurrency: int, warmup_s: float, seconds: float, window: int
+) -> dict[str, Any]:
+    import grpc
+
+    from serving.client.aio_http import AsyncHttpClient
+    from serving.protos import grpc_predict_v2_pb2 as oip
+    from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
+    from serving.protos import inference_pb2, inference_pb2_grpc
+
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter() + warmup_s
+    stop = start + seconds
+
+    def record(sent: float, ok: bool) -> None:
+        nonlocal errors
+        now = time.perf_counter()
+        if start <= sent and now <= stop:
+            if ok:
+                latencies.append((now - sent) * 1000)
+            else:
+                errors += 1
+
+    channel = grpc.aio.insecure_channel(target) if kind != "http" else None
+    if kind == "http":
+        client = AsyncHttpClient(target, retries=0)
+
+        async def one() -> bool:
+            status, _ = await client.request("POST", "/predictions/digits", payload, "application/json")
+            return status == 200
+    elif kind in ("grpc-json", "grpc-npy"):
+        predictions = inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions
+        request = inference_pb2.PredictionsRequest(model_name="digits", input={"data": payload})
+
+        async def one() -> bool:
+            await predictions(request, timeout=30)
+            return True
+    elif kind == "oip":
+        infer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        tensor = oip.ModelInferRequest.InferInputTensor(name="input__0", datatype="FP32", shape=[1, 1, 8, 8])
+        request = oip.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[payload])
+
+        async def one() -> bool:
+            await infer(request, timeout=30)
+            return True
+
+    async def unary_worker() -> None:
+        while time.perf_counter() < stop:
+            sent = time.perf_counter()
+            try:
+                ok = await one()
+            except Exception:
+                ok = False
+            record(sent, ok)
+
+    async def stream_worker(index: int) -> None:
+        # One stream (one TorchServe sequence), `window` requests in flight, answers in order.
+        stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        sent_at: list[float] = []
+        credits = asyncio.Semaphore(window)
+        finished = asyncio.Event()
+        request = inference_pb2.PredictionsRequest(
+            model_name=STREAM_MODEL, input={"data": payload}, sequence_id=f"bench-{id(sent_at)}-{index}"
+        )
+
+        async def requests() -> Any:
+            while time.perf_counter() < stop:
+                await credits.acquire()
+                sent_at.append(time.perf_counter())
+                yield request
+            await finished.wait()  # half-close only after the last answer (TorchServe drops the rest)
+
+        call = stub.StreamPredictions2(requests())
+        answered = 0
+        async for reply in call:
+            record(sent_at[answered], not reply.HasField("status"))
+            answered += 1
+            credits.release()
+            if time.perf_counter() >= stop and answered == len(sent_at):
+                finished.set()
+                break
+        call.cancel()
+
+    if kind == "grpc-stream":
+        await asyncio.gather(*(stream_worker(i) for i in range(concurrency)))
+    else:
+        await asyncio.gather(*(unary_worker() for _ in range(concurrency)))
+    if channel is not None:
+        await channel.close()
+    return {"latencies": latencies, "errors": errors}
+
+
+def _child(args: tuple[str, str, bytes, int, float, float, int]) -> dict[str, Any]:
+    return asyncio.run(_load(*args))
+
+
+def run_load(
+    kind: str,
+    target: str,
+    payload: bytes,
+    *,
+    concurrency: int,
+    processes: int,
+    seconds: float,
+    window: int = 1,
+    warmup_s: float = 2.0,
+) -> dict[str, float]:
+    """``concurrency`` callers (streams for grpc-stream) spread over ``processes`` processes."""
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    jobs = [(kind, target, payload, n, warmup_s, seconds, window) for n in shares if n]
+    # spawn, not fork: grpc's threads do not survive a fork
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        parts = pool.map(_child, jobs)
+    latencies = sorted(x for part in parts for x in part["latencies"])
+    errors = sum(part["errors"] for part in parts)
+    if not latencies:
+        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": float(errors)}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "errors": float(errors),
+    }
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+
+def _register_stream_model(server: Any, workdir: Path) -> None:
+    from serving.torchserve.package import package_model
+
+    base = (DIGITS / "model-config.yaml").read_text()
+    config = workdir / "stream-config.yaml"
+    config.write_text(base + "".join(f"{k}: {json.dumps(v)}\n" for k, v in STREAM_CONFIG.items()))
+    package_model(
+        STREAM_MODEL,
+        model_store=server.settings.model_store,
+        model_file=DIGITS / "model.py",
+        config=config,
+        checkpoint=workdir / "checkpoints" / "model_epoch_1.pth",
+        extra_files=[DIGITS / "index_to_name.json"],
+    )
+    url = f"{server.torchserve.urls.management}/models?url={STREAM_MODEL}.mar&synchronous=true"
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120).read()
+
+
+def _payloads() -> dict[str, bytes]:
+    import numpy as np
+
+    sys.path.insert(0, str(DIGITS))
+    from train import load_digits_split
+
+    _, (images, _) = load_digits_split()
+    image = images[:1].numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, image)
+    return {
+        "json": json.dumps({"instances": image.tolist()}).encode(),
+        "npy": buffer.getvalue(),
+        "raw": image.astype("<f4").tobytes(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--window", type=int, default=4, help="requests in flight per stream (pipelining)")
+    args = parser.parse_args(argv)
+
+    from serving.grpc.process import GatewayProcess, GatewaySettings
+    from serving.torchserve import free_port
+
+    with tempfile.TemporaryDirectory(prefix="ckptserve-bench-grpc-") as tmp:
+        workdir = Path(tmp)
+        # The model API is on only here, to add the streaming registration next to the demo's.
+        server = start_demo_server(workdir, extra={"enable_model_api": "true"})
+        gateway = None
+        try:
+            _register_stream_model(server, workdir)
+            urls = server.torchserve.urls
+            gateway = GatewayProcess(
+                GatewaySettings(
+                    "127.0.0.1",
+                    free_port(),
+                    urls.grpc_inference,
+                    urls.grpc_management,
+                    runtime_dir=server.runtime_dir,
+                    log_dir=server.settings.logs,
+                )
+            ).start()
+            payload = _payloads()
+            c, p, s = args.concurrency, args.processes, args.seconds
+            streams = max(1, c // args.window)
+            plan = [
+                ("HTTP /predictions (JSON), asyncio client", "http", urls.inference, payload["json"], c, 1),
+                (
+                    "TorchServe gRPC Predictions (JSON)",
+                    "grpc-json",
+                    urls.grpc_inference,
+                    payload["json"],
+                    c,
+                    1,
+                ),
+                ("TorchServe gRPC Predictions (npy)", "grpc-npy", urls.grpc_inference, payload["npy"], c, 1),
+                (
+                    f"StreamPredictions2, {c} streams x 1 in flight",
+                    "grpc-stream",
+                    urls.grpc_inference,
+                    payload["npy"],
+                    c,
+                    1,
+                ),
+                (
+                    f"StreamPredictions2, {streams} streams x {args.window} pipelined",
+                    "grpc-stream",
+                    urls.grpc_inference,
+                    payload["npy"],
+                    streams,
+                    args.window,
+                ),
+                (
+                    "OIP v2 gateway ModelInfer (raw FP32)",
+                    "oip",
+                    gateway.settings.endpoint,
+                    payload["raw"],
+                    c,
+                    1,
+                ),
+            ]
+            rows: dict[str, dict[str, float]] = {}
+            print(f"concurrency {c} outstanding requests, {s:g} s per row, load from {p} asyncio processes")
+            print(f"{'':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            if shutil.which("wrk"):
+                body = sample_body(workdir / "body.json")
+                wrk(f"{urls.inference}/predictions/digits", body, c, 2)  # warm-up
+                result = wrk(f"{urls.inference}/predictions/digits", body, c, int(s))
+                rows["HTTP /predictions (JSON), wrk"] = {
+                    "rps": result["rps"],
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "errors": result["non_2xx"],
+                }
+                _print("HTTP /predictions (JSON), wrk", rows["HTTP /predictions (JSON), wrk"])
+            for label, kind, target, body, callers, window in plan:
+                rows[label] = run_load(
+                    kind, target, body, concurrency=callers, processes=p, seconds=s, window=window
+                )
+                _print(label, rows[label])
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            server.stop()
+    direct, via = rows["TorchServe gRPC Predictions (npy)"], rows["OIP v2 gateway ModelInfer (raw FP32)"]
+    overhead = {
+        "rps_ratio": via["rps"] / direct["rps"] if direct["rps"] else 0.0,
+        "p50_ratio": via["p50_ms"] / direct["p50_ms"] if direct["p50_ms"] else 0.0,
+        "p99_ratio": via["p99_ms"] / direct["p99_ms"] if direct["p99_ms"] else 0.0,
+    }
+    print(
+        f"OIP gateway vs direct TorchServe gRPC (npy): throughput x{overhead['rps_ratio']:.2f}, "
+        f"p50 x{overhead['p50_ratio']:.2f}, p99 x{overhead['p99_ratio']:.2f}"
+    )
+    setup = (
+        "demo model-config.yaml (2 workers, batchSize 8, maxBatchDelay 5 ms, top-k answers); one image per "
+        f"request; {STREAM_MODEL}: the same archive with {STREAM_CONFIG}; load generator and server share "
+        "the machine's cores"
+    )
+    config = {"seconds": s, "concurrency": c, "processes": p, "window": args.window}
+    path = save_results("grpc", {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
+    print(f"results: {path}")
+
+
+def _print(label: str, r: dict[str, float]) -> None:
+    print(f"{label:<48} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The asyncio HTTP client: HttpClient's calls, awaited, over a small pool of keep-alive connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from serving.client.common import (
+    JSON_TYPE,
+    InferResult,
+    Tensors,
+    encode_instances,
+    json_inputs,
+    predictions,
+)
+from serving.client.http import raise_for_status
+from serving.errors import RequestError, ServerError
+from serving.grpc.status import DeadlineExceededError
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _ProtocolError(Exception):
+    """The server's bytes are no HTTP/1.1 response we can read."""
+
+
+class AsyncHttpClient:
+    """HTTP/1.1 over asyncio streams (stdlib only); concurrent calls each take a pooled connection.
+
+    ``timeout_s`` is each call's deadline, retries included; 503 and refused connections are retried
+    with exponential backoff, nothing else.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        token: str | None = None,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        max_idle: int = 32,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise RequestError(f"Expected an http://host:port URL, got {base_url!r}.")
+        self._host, self._port = parsed.hostname, parsed.port or 80
+        self.timeout_s, self.token, self.retries, self.backoff_s = timeout_s, token, retries, backoff_s
+        self._idle: list[_Connection] = []
+        self._max_idle = max_idle
+        self.last_headers: dict[str, str] = {}
+
+    async def predict(self, model: str, instances: Any) -> Any:
+        body, content_type = encode_instances(instances)
+        status, data = await self.request("POST", f"/predictions/{model}", body, content_type)
+        return predictions(raise_for_status(status, data))
+
+    async def infer(
+        self,
+        model: str,
+        tensors: Tensors,
+        request_id: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        body: dict[str, Any] = {"inputs": json_inputs(tensors)}
+        if request_id:
+            body["id"] = request_id
+        if outputs:
+            body["outputs"] = [{"name": name} for name in outputs]
+        status, data = await self.request(
+            "POST", f"/v2/models/{model}/infer", json.dumps(body).encode(), JSON_TYPE
+        )
+        return InferResult.from_json(raise_for_status(status, data))
+
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[int, bytes]:
+        deadline = time.monotonic() + self.timeout_s
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries or time.monotonic() + delay > deadline
+            try:
+                status, data = await asyncio.wait_for(
+                    self._exchange(method, path, body, content_type), max(deadline - time.monotonic(), 0.001)
+                )
+                if status != 503 or last:
+                    return status, data
+            except asyncio.TimeoutError:
+                raise DeadlineExceededError(
+                    f"No answer from {self._host}:{self._port} within {self.timeout_s:g} s.",
+                    hint="Allow more time.",
+                ) from None
+            except (OSError, _ProtocolError, asyncio.IncompleteReadError) as exc:
+                if last:
+                    raise ServerError(
+                        f"No answer from {self._host}:{self._port} after {attempt + 1} tries: {exc}.",
+                        hint="Is the server running? `ckptserve serve` starts it.",
+                    ) from None
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self, method: str, path: str, body: bytes | None, content_type: str | None
+    ) -> tuple[int, bytes]:
+        if self._idle:
+            try:
+                return await self._send(self._idle.pop(), method, path, body, content_type)
+            except (_ProtocolError, asyncio.IncompleteReadError, ConnectionError):
+                pass  # the server closed this idle keep-alive connection: a fresh one follows
+        connection = await asyncio.open_connection(self._host, self._port)
+        return await self._send(connection, method, path, body, content_type)
+
+    async def _send(
+        self, connection: _Connection, method: str, path: str, body: bytes | None, content_type: str | None
+    ) -> tuple[int, bytes]:
+        reader, writer = connection
+        try:
+            head = [
+                f"{method} {path} HTTP/1.1",
+                f"Host: {self._host}:{self._port}",
+                f"Content-Length: {len(body or b'')}",
+            ]
+            if content_type:
+                head.append(f"Content-Type: {content_type}")
+            if self.token:
+                head.append(f"Authorization: Bearer {self.token}")
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
+            await writer.drain()
+            status, headers, data = await _read_response(reader)
+        except BaseException:
+            writer.close()  # a half-read connection cannot carry the next request
+            raise
+        self.last_headers = headers
+        if headers.get("connection", "").lower() == "close" or len(self._idle) >= self._max_idle:
+            writer.close()
+        else:
+            self._idle.append(connection)
+        return status, data
+
+    async def close(self) -> None:
+        while self._idle:
+            _, writer = self._idle.pop()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def __aenter__(self) -> AsyncHttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    line = await reader.readline()
+    if not line:
+        raise _ProtocolError("the connection closed before a response")  # a stale pooled connection
+    try:
+        status = int(line.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise _ProtocolError(f"not an HTTP status line: {line[:60]!r}") from None
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int((await reader.readline()).split(b";", 1)[0], 16)
+            if size == 0:
+                await reader.readline()  # no trailers from TorchServe: the blank line after the last chunk
+                break
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        return status, headers, b"".join(chunks)
+    if "content-length" not in headers:
+        raise _ProtocolError("a response without Content-Length or chunked encoding")
+    return status, headers, await reader.readexactly(int(headers["content-length"]))

@@ -1,0 +1,206 @@
+"""What every client shares: request bodies, answers, OIP results and the retry schedule."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import CkptServeError, RequestError
+from serving.grpc.status import error_from_body
+from serving.grpc.tensors import bf16_bits, datatype_of
+
+NPY_MAGIC = b"\x93NUMPY"
+JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
+# numpy dtypes of OIP datatypes in JSON "data" (BF16 has none: it is sent as float32 numbers).
+_JSON_NUMPY = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "BF16": np.float32,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+Tensors = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A numpy array from an array, a torch tensor (without importing torch) or nested lists."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def encode_instances(instances: Any) -> tuple[bytes, str]:
+    """A /predictions body: npy for arrays and tensors (binary both ways), else KServe v1 JSON."""
+    if isinstance(instances, np.ndarray) or hasattr(instances, "detach"):
+        buffer = io.BytesIO()
+        np.save(buffer, as_array(instances), allow_pickle=False)
+        return buffer.getvalue(), NPY_TYPE
+    if isinstance(instances, (bytes, bytearray)):
+        return bytes(instances), NPY_TYPE if instances[:6] == NPY_MAGIC else JSON_TYPE
+    return json.dumps({"instances": list(instances)}).encode(), JSON_TYPE
+
+
+def decode_answer(body: bytes) -> Any:
+    """The handler's answer: an array for npy, parsed JSON otherwise; its error bodies raise typed errors."""
+    if body[:6] == NPY_MAGIC:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    err = error_from_body(body)
+    if err is not None:
+        raise err
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise CkptServeError(f"the server answered neither npy nor JSON: {body[:80]!r}") from None
+
+
+def predictions(answer: Any) -> Any:
+    """``predictions`` of a KServe v1 answer; an npy answer (an array) stays as it is."""
+    if isinstance(answer, dict) and "predictions" in answer:
+        return answer["predictions"]
+    return answer
+
+
+def named_arrays(tensors: Tensors) -> list[tuple[str, np.ndarray]]:
+    """Inputs as (name, array): from {"name": array-like} or from OIP JSON input objects."""
+    if isinstance(tensors, Mapping):
+        return [(str(name), as_array(value)) for name, value in tensors.items()]
+    pairs = []
+    for spec in tensors:
+        try:
+            dtype = _JSON_NUMPY.get(spec["datatype"])
+            array = np.asarray(spec["data"], dtype=dtype).reshape(spec["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RequestError(
+                f"input {spec.get('name')!r} is not an OIP tensor ({exc})",
+                hint='give {"name", "shape", "datatype", "data"}, or a mapping of name to array',
+            ) from None
+        pairs.append((str(spec["name"]), array))
+    return pairs
+
+
+def json_inputs(tensors: Tensors) -> list[dict[str, Any]]:
+    """Inputs as OIP JSON objects for the HTTP API (which takes JSON only)."""
+    if not isinstance(tensors, Mapping):
+        return [dict(t) for t in tensors]
+    inputs = []
+    for name, array in named_arrays(tensors):
+        datatype = datatype_of(array.dtype)
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "data": array.reshape(-1).tolist(),
+            }
+        )
+    return inputs
+
+
+def raw_input(array: np.ndarray, datatype: str | None = None) -> tuple[str, np.ndarray]:
+    """The datatype and the array to send raw; BF16 needs its bits computed."""
+    if datatype == "BF16":
+        return "BF16", bf16_bits(array)
+    return datatype or datatype_of(array.dtype), array
+
+
+@dataclass
+class InferResult:
+    """An OIP v2 answer: ``outputs`` maps names to arrays.
+
+    ``result["outputs"]`` and the other keys read the answer as the OIP JSON document (what
+    ``HttpClient.infer`` used to return), whichever protocol carried it.
+    """
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    datatypes: dict[str, str] = field(default_factory=dict)
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        try:
+            return self.outputs[name]
+        except KeyError:
+            raise RequestError(f"no output {name!r}; the answer has {list(self.outputs)}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"model_name": self.model_name}
+        if self.model_version:
+            doc["model_version"] = self.model_version
+        if self.id:
+            doc["id"] = self.id
+        doc["outputs"] = [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": self.datatypes.get(name) or datatype_of(array.dtype),
+                "data": [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()],
+            }
+            for name, array in self.outputs.items()
+        ]
+        return doc
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> InferResult:
+        outputs, datatypes = {}, {}
+        for out in doc.get("outputs", []):
+            datatype = out.get("datatype", "FP32")
+            if datatype == "BYTES":
+                array = np.array([str(v).encode() for v in out["data"]], dtype=object)
+            else:
+                array = np.asarray(out["data"], dtype=_JSON_NUMPY.get(datatype))
+            outputs[out["name"]] = (
+                array.reshape(out["shape"]) if math.prod(out["shape"]) == array.size else array
+            )
+            datatypes[out["name"]] = datatype
+        return cls(
+            str(doc.get("model_name", "")),
+            str(doc.get("model_version", "")),
+            str(doc.get("id", "")),
+            outputs,
+            datatypes,
+        )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retries on UNAVAILABLE / 503 only: exponential delays, never past the call's deadline."""
+
+    retries: int = 3
+    first_s: float = 0.2
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first_s
+        for _ in range(self.retries):
+            yield delay
+            delay *= 2
+
+
+def retryable(err: CkptServeError) -> bool:
+    """Only "not now" is worth another try; a bad request stays bad."""
+    return err.grpc_code == "UNAVAILABLE" or getattr(err, "http_status", None) == 503

@@ -1,0 +1,181 @@
+"""The OIP gateway as a child process beside TorchServe: start, wait until it listens, record, stop."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+
+from serving.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "oip-grpc.json"  # beside TorchServe's server.json in the runtime directory
+LOG_FILE = "oip-grpc.log"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str  # interface to listen on
+    port: int
+    inference: str  # TorchServe's gRPC inference API, host:port
+    management: str
+    runtime_dir: Path
+    log_dir: Path
+    key_file: Path | None = None  # TorchServe's key_file.json when token authorization is on
+    watch_pgid: int | None = None  # exit when TorchServe's process group is gone
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class GatewayProcess:
+    """``python -m serving.grpc`` in its own session, so that it outlives a detached CLI like TorchServe."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.settings.runtime_dir / STATE_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.settings.log_dir / LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 30.0) -> GatewayProcess:
+        s = self.settings
+        check_port_free(s.host, s.port)
+        s.log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving.grpc",
+            "--listen",
+            s.endpoint,
+            "--inference",
+            s.inference,
+            "--management",
+            s.management,
+            "-v",
+        ]
+        if s.key_file is not None:
+            cmd += ["--key-file", str(s.key_file)]
+        if s.watch_pgid is not None:
+            cmd += ["--watch-pgid", str(s.watch_pgid)]
+        with self.log_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        atexit.register(self.stop)
+        record = {"pid": self._proc.pid, "endpoint": s.endpoint, "started_at": time.time()}
+        self.state_path.write_text(json.dumps(record, indent=2))
+        try:
+            self._wait_listening(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("OIP gRPC gateway (pid %d) on %s", self._proc.pid, s.endpoint)
+        return self
+
+    def _wait_listening(self, timeout_s: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.settings.endpoint) as channel:
+            ready = grpc.channel_ready_future(channel)
+            while True:
+                if self._proc.poll() is not None:
+                    raise ServerError(
+                        f"The OIP gRPC gateway exited with code {self._proc.returncode} before it listened: "
+                        f"{_tail(self.log_path)}",
+                        hint=f"Its log is {self.log_path}.",
+                    )
+                try:
+                    ready.result(timeout=0.2)
+                    return
+                except grpc.FutureTimeoutError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"The OIP gRPC gateway did not listen on {self.settings.endpoint} "
+                        f"within {timeout_s:.0f} s.",
+                        hint=f"Its log is {self.log_path}.",
+                    )
+
+    def detach(self) -> None:
+        """Let the gateway outlive this Python process (``stop_from_state`` stops it later)."""
+        atexit.unregister(self.stop)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait for the in-flight calls to finish, SIGKILL if it does not go. Idempotent."""
+        atexit.unregister(self.stop)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5.0)
+        self.state_path.unlink(missing_ok=True)
+
+
+def stop_from_state(runtime_dir: Path, timeout_s: float = 10.0) -> bool:
+    """Stop the gateway that ``runtime_dir`` records (another process started it); False if none ran."""
+    path = Path(runtime_dir) / STATE_FILE
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    path.unlink(missing_ok=True)
+    try:
+        proc = psutil.Process(pid)
+        if "serving.grpc" not in " ".join(proc.cmdline()):
+            return False  # the pid was reused by something else: leave it alone
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServerError(
+                f"The OIP gRPC port {port} on {host} is not free: {exc.strerror}.",
+                hint="Choose another with --oip-grpc-port, or turn the gateway off with --no-oip-grpc.",
+            ) from None
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    with contextlib.suppress(OSError):
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    return "(no output)"

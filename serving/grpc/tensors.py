@@ -1,0 +1,178 @@
+"""Open Inference Protocol v2 tensors in protobuf (typed contents or raw bytes) to numpy and back."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.errors import RequestError
+from serving.protos import grpc_predict_v2_pb2 as pb
+
+# Raw contents are little-endian whatever the machine (OIP spec), hence explicit byte orders.
+_NUMPY: dict[str, np.dtype] = {
+    name: np.dtype(code)
+    for name, code in {
+        "BOOL": "?",
+        "UINT8": "u1",
+        "UINT16": "<u2",
+        "UINT32": "<u4",
+        "UINT64": "<u8",
+        "INT8": "i1",
+        "INT16": "<i2",
+        "INT32": "<i4",
+        "INT64": "<i8",
+        "FP16": "<f2",
+        "FP32": "<f4",
+        "FP64": "<f8",
+        "BF16": "<u2",  # numpy has no bfloat16: the bits travel as uint16, widened to float32 on decode
+    }.items()
+}
+_OF_KIND = {(dt.kind, dt.itemsize): name for name, dt in _NUMPY.items() if name != "BF16"}
+# Which InferTensorContents field carries each datatype; FP16 and BF16 travel only as raw bytes.
+_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+DATATYPES = (*_NUMPY, "BYTES")
+
+Tensor = TypeVar("Tensor", pb.ModelInferRequest.InferInputTensor, pb.ModelInferResponse.InferOutputTensor)
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The OIP datatype name of a numpy dtype (strings and bytes are BYTES)."""
+    if dtype.kind in "SUO":
+        return "BYTES"
+    name = _OF_KIND.get((dtype.kind, dtype.itemsize))
+    if name is None:
+        raise RequestError(f"numpy dtype {dtype} has no Open Inference Protocol datatype", hint="cast it")
+    return name
+
+
+def has_typed_contents(datatype: str) -> bool:
+    """Whether a datatype can travel in InferTensorContents (FP16 and BF16 only as raw bytes)."""
+    return datatype in _FIELD
+
+
+def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | None) -> np.ndarray:
+    """The tensor's elements as an array of its shape; ``raw`` is its raw_*_contents entry, if any.
+
+    Every mismatch (unknown datatype, negative dimension, element or byte count that disagrees with
+    the shape) is a RequestError that names the tensor.
+    """
+    name, datatype = tensor.name, tensor.datatype
+    if datatype not in DATATYPES:
+        raise RequestError(
+            f"tensor {name!r} has datatype {datatype!r}; expected one of {', '.join(DATATYPES)}",
+            hint="use an Open Inference Protocol datatype name",
+        )
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise RequestError(f"tensor {name!r} has shape {list(shape)}; dimensions cannot be negative")
+    count = math.prod(shape)
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise RequestError(
+                f"tensor {name!r} has both contents and raw_input_contents; expected one",
+                hint="send the elements one way only",
+            )
+        if datatype == "BYTES":
+            array = np.array(unpack_bytes(raw, name), dtype=object)
+        else:
+            dtype = _NUMPY[datatype]
+            if len(raw) != count * dtype.itemsize:
+                raise RequestError(
+                    f"tensor {name!r} has {len(raw)} raw bytes; shape {list(shape)} of {datatype} needs "
+                    f"{count * dtype.itemsize}",
+                    hint="send row-major, little-endian elements without padding",
+                )
+            array = np.frombuffer(raw, dtype=dtype)
+    else:
+        field = _FIELD.get(datatype)
+        if field is None:
+            raise RequestError(
+                f"tensor {name!r} is {datatype}, which has no typed contents field",
+                hint="send it in raw_input_contents (tritonclient does)",
+            )
+        values = getattr(tensor.contents, field)
+        if len(values) != count:
+            raise RequestError(
+                f"tensor {name!r} has {len(values)} elements in contents.{field}; its shape {list(shape)} "
+                f"needs {count}",
+                hint="make the shape match the data",
+            )
+        if datatype == "BYTES":
+            array = np.array(list(values), dtype=object)
+        else:
+            dtype = _NUMPY[datatype]
+            if datatype in ("INT8", "INT16", "UINT8", "UINT16"):  # carried in a wider proto field
+                wide = np.array(values, dtype=np.int64)
+                info = np.iinfo(dtype)
+                if wide.size and (wide.min() < info.min or wide.max() > info.max):
+                    raise RequestError(
+                        f"tensor {name!r} holds values outside {datatype}'s range [{info.min}, {info.max}]",
+                        hint="use a wider datatype",
+                    )
+                array = wide.astype(dtype)
+            else:
+                array = np.array(values, dtype=dtype)
+    if datatype == "BF16":
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array.reshape(shape)
+
+
+def fill(tensor: Tensor, name: str, array: np.ndarray, *, raw: bool) -> bytes | None:
+    """Set ``tensor``'s name, datatype, shape and contents, or return its raw bytes when ``raw``."""
+    datatype = datatype_of(array.dtype)
+    tensor.name, tensor.datatype = name, datatype
+    tensor.shape.extend(array.shape)
+    if datatype == "BYTES":
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1).tolist()]
+        if raw:
+            return pack_bytes(items)
+        tensor.contents.bytes_contents.extend(items)
+        return None
+    if raw:
+        return np.ascontiguousarray(array, dtype=_NUMPY[datatype]).tobytes()
+    if datatype not in _FIELD:
+        raise RequestError(f"tensor {name!r} is FP16, which travels only as raw contents", hint="use raw")
+    getattr(tensor.contents, _FIELD[datatype]).extend(array.reshape(-1).tolist())
+    return None
+
+
+def pack_bytes(items: Sequence[bytes]) -> bytes:
+    """BYTES elements as raw contents: each one a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def unpack_bytes(raw: bytes, name: str) -> list[bytes]:
+    items, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise RequestError(f"tensor {name!r}: raw BYTES contents end inside a length prefix")
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise RequestError(f"tensor {name!r}: a raw BYTES element runs past the end of the contents")
+        items.append(raw[pos : pos + size])
+        pos += size
+    return items
+
+
+def bf16_bits(array: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns (round to nearest even), for clients sending BF16."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)

@@ -1,0 +1,136 @@
+"""TorchServe's gRPC APIs as seen from the gateway: one reused asyncio channel per API, typed errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from serving.errors import CkptServeError
+from serving.grpc.status import error_from_body, error_from_rpc
+from serving.protos import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# TorchServe's own limit (max_request_size / max_response_size) is 6.5 MB by default; gRPC's
+# default receive limit (4 MiB) would otherwise be the tighter one and fail with RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class TokenFile:
+    """TorchServe's key_file.json (token authorization), re-read when TorchServe rewrites it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._keys: dict[str, str] = {}
+
+    def key(self, api: str) -> str:
+        """The current key of ``api`` ("inference" or "management"); "" while the file is missing."""
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                doc = json.loads(self.path.read_text())
+                self._keys = {name: str(entry.get("key", "")) for name, entry in doc.items()}
+                self._stamp = stamp
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return self._keys.get(api, "")
+
+
+class TorchServeUpstream:
+    """Calls TorchServe's gRPC inference and management APIs over loopback.
+
+    One channel per API for the gateway's lifetime: a new channel per request would pay a TCP and
+    HTTP/2 handshake each time. Calls do not wait for a connection (``wait_for_ready`` off), so a
+    stopped TorchServe answers UNAVAILABLE at once instead of holding requests until their deadline.
+    """
+
+    def __init__(self, inference: str, management: str, *, tokens: TokenFile | None = None) -> None:
+        self.inference_target, self.management_target = inference, management
+        self.tokens = tokens
+        self._inference = grpc.aio.insecure_channel(inference, options=CHANNEL_OPTIONS)
+        self._management = grpc.aio.insecure_channel(management, options=CHANNEL_OPTIONS)
+        inference_stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference)
+        management_stub = management_pb2_grpc.ManagementAPIsServiceStub(self._management)
+        self._predictions = inference_stub.Predictions
+        self._ping = inference_stub.Ping
+        self._describe = management_stub.DescribeModel
+        self._list = management_stub.ListModels
+
+    def _auth(self, api: str) -> tuple[tuple[str, str], ...] | None:
+        if self.tokens is None:
+            return None
+        return (("authorization", f"Bearer {self.tokens.key(api)}"),)
+
+    async def predict(self, model: str, version: str, body: bytes, *, timeout: float) -> bytes:
+        """The handler's answer to ``body``; error bodies and TorchServe's statuses raise typed errors."""
+        request = inference_pb2.PredictionsRequest(
+            model_name=model, model_version=version, input={"data": body}
+        )
+        try:
+            reply = await self._predictions(request, timeout=timeout, metadata=self._auth("inference"))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"TorchServe at {self.inference_target}") from None
+        err = error_from_body(reply.prediction)
+        if err is not None:
+            raise err
+        return reply.prediction
+
+    async def describe(self, model: str, version: str = "", *, customized: bool = False) -> dict[str, Any]:
+        """TorchServe's description of one model version (workers, config; the handler's describe())."""
+        request = management_pb2.DescribeModelRequest(
+            model_name=model, model_version=version, customized=customized
+        )
+        # A customized describe is queued on a worker like a request: allow it the time one takes.
+        timeout = 30.0 if customized else 5.0
+        try:
+            reply = await self._describe(request, timeout=timeout, metadata=self._auth("management"))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"TorchServe's management API at {self.management_target}") from None
+        described = json.loads(reply.msg)
+        if not described:
+            raise CkptServeError(f"TorchServe described model {model!r} as an empty list")
+        return described[0]
+
+    async def models(self) -> list[str]:
+        """Every registered model name (the management API pages them)."""
+        names: list[str] = []
+        token = ""
+        while True:
+            request = management_pb2.ListModelsRequest(limit=100, next_page_token=int(token or 0))
+            try:
+                reply = await self._list(request, timeout=5.0, metadata=self._auth("management"))
+            except grpc.RpcError as exc:
+                raise error_from_rpc(
+                    exc, f"TorchServe's management API at {self.management_target}"
+                ) from None
+            page = json.loads(reply.msg)
+            names += [m["modelName"] for m in page.get("models", [])]
+            token = str(page.get("nextPageToken") or "")
+            if not token or not page.get("models"):
+                return names
+
+    async def live(self) -> bool:
+        """Whether TorchServe answers its health check with "Healthy"."""
+        try:
+            reply = await self._ping(empty_pb2.Empty(), timeout=2.0, metadata=self._auth("inference"))
+        except grpc.RpcError:
+            return False
+        try:
+            return json.loads(reply.health).get("status") == "Healthy"
+        except (ValueError, AttributeError):
+            return False
+
+    async def close(self) -> None:
+        await self._inference.close()
+        await self._management.close()
