@@ -138,6 +138,22 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=Path(args.workdir), epochs=args.epochs, keep_running=args.keep_running)
 
 
+def _pin(args: argparse.Namespace) -> int:
+    from serving.checkpoints import atomic_write
+    from serving.reload.candidates import PIN_FILE
+
+    watch = Path(args.watch_dir)
+    if args.clear:
+        (watch / PIN_FILE).unlink(missing_ok=True)
+        print(f"unpinned {watch}: servers with policy 'pinned' fall back to the configured pin")
+        return 0
+    if not args.name or not (watch / args.name).exists():
+        raise RequestError(f"Give a checkpoint that exists in {str(watch)!r}, found {args.name!r}.")
+    atomic_write(watch / PIN_FILE, lambda fh: fh.write(f"{args.name}\n".encode()))
+    print(f"pinned {args.name}: workers with policy 'pinned' switch to it at their next poll")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckptserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and decisions")
@@ -195,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--token", help="TorchServe inference token, when token auth is on")
     predict.set_defaults(run=_predict)
+
+    pin = commands.add_parser("pin", help="choose the checkpoint served under policy 'pinned' (a reload)")
+    pin.add_argument("watch_dir", help="the model's watch_dir")
+    pin.add_argument("name", nargs="?", help="a checkpoint file (or directory) name inside it")
+    pin.add_argument("--clear", action="store_true", help="remove the pin")
+    pin.set_defaults(run=_pin)
 
     demo = commands.add_parser("demo", help="train the embedded model, serve it, query it, hot-reload it")
     demo.add_argument("--workdir", default=".ckptserve/demo", help="where checkpoints and the archive go")

@@ -215,3 +215,15 @@ def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp
     assert in_flight is not slot.model and checkpoint_info(in_flight).epoch == 1
     with pytest.raises(Exception, match="shape"):
         slot.validate(torch.nn.Linear(64, 3))  # a model whose output shape differs is refused
+
+
+def test_ckptserve_pin_writes_the_pin_atomically(reference: Reference, tmp_path: Path) -> None:
+    from serving.cli import main
+
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    assert main(["pin", str(tmp_path), "model_epoch_1.pth"]) == 0
+    assert read_pin(tmp_path) == "model_epoch_1.pth"
+    assert main(["pin", str(tmp_path), "nope.pth"]) == 2  # a typed error, nothing written
+    assert read_pin(tmp_path) == "model_epoch_1.pth"
+    assert main(["pin", str(tmp_path), "--clear"]) == 0
+    assert read_pin(tmp_path) is None
