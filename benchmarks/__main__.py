@@ -6,6 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"load": "benchmarks.load", "http": "benchmarks.http", "reload": "benchmarks.reload"}
+BENCHMARKS["grpc"] = "benchmarks.grpc"
+BENCHMARKS["metrics"] = "benchmarks.metrics"
 
 
 def main() -> None:

@@ -7,9 +7,12 @@ statuses and content types. Everything else lives in ``serving/``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,18 @@ import torch
 
 from serving.errors import CheckpointError, CkptServeError
 from serving.loader import checkpoint_info, load_model
+from serving.logs import JsonFormatter, install_json_logs, log_failed_requests, request_scope
+from serving.metrics import ALL, Emit, HandlerMetrics, Observation
 from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
 from serving.service import InferenceService
 from serving.spec import ModelSpec, parse_spec
 
 log = logging.getLogger("ckptserve.handler")
+# The load-error line goes through the root logger: it stays plain text with json_logs too, because
+# `ckptserve serve` finds the reason after the marker in the worker log.
+startup_log = logging.getLogger()
+# Metric lines for TorchServe's frontend: outside "ckptserve", so json_logs never reformats them.
+_metric_lines = logging.getLogger("ts.metrics.ckptserve")
 LOAD_ERROR_MARKER = "ckptserve-load-error:"
 CHECKPOINT_HEADER = "x-ckptserve-checkpoint"  # on every answer: which checkpoint produced it
 BATCH_HEADER = "x-ckptserve-batch-size"  # how many requests shared the forward pass
@@ -37,6 +47,8 @@ class CheckpointHandler:
         self.slot: ModelSlot | None = None
         self.reloader: Reloader | None = None
         self.threads = 1
+        self.metrics = HandlerMetrics(None, "model")
+        self.json_logs = False
 
     # --- TorchServe entry points ----------------------------------------------------------------
 
@@ -45,12 +57,12 @@ class CheckpointHandler:
             self._initialize(context)
         except CkptServeError as err:
             # ckptserve serve reads this line from the worker log to fail fast with the real reason.
-            log.error(
+            startup_log.error(
                 "%s %s%s", LOAD_ERROR_MARKER, err.message, f" | what to do: {err.hint}" if err.hint else ""
             )
             raise
         except Exception as exc:
-            log.exception("%s %s: %s", LOAD_ERROR_MARKER, type(exc).__name__, exc)
+            startup_log.exception("%s %s: %s", LOAD_ERROR_MARKER, type(exc).__name__, exc)
             raise
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
@@ -58,7 +70,11 @@ class CheckpointHandler:
             return [self.describe()]
         assert self.service is not None, "handle() before initialize()"
         requests = [(_body(row), _content_type(context, idx, row)) for idx, row in enumerate(data)]
-        replies, report = self.service.infer(requests)
+        with self._log_scope(context):
+            replies, report = self.service.infer(requests)
+        self.metrics.batch(report)
+        if self.json_logs:  # structured logs go to a log store: there, one line per failed request pays off
+            log_failed_requests(log, [context.get_request_id(i) for i in range(len(replies))], replies)
         served_by, batch = _checkpoint_label(report.model), str(len(replies))
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, reply.phrase, idx)
@@ -94,6 +110,17 @@ class CheckpointHandler:
         model_dir = props.get("model_dir") or "."
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.spec = spec = parse_spec(yaml_config.get("handler"), model_dir=model_dir)
+        manifest = getattr(context, "manifest", None) or {}
+        model_name = manifest.get("model", {}).get("modelName") or getattr(context, "model_name", "model")
+        # Metrics are labelled with the name TorchServe registered, as its own metrics are.
+        registered = getattr(context, "model_name", None) or model_name
+        if spec.json_logs:
+            self.json_logs = True
+            install_json_logs(JsonFormatter(registered, self._served_checkpoint))
+        ts_metrics = getattr(context, "metrics", None)
+        self.metrics = HandlerMetrics(
+            _torchserve_emit(ts_metrics) if spec.metrics and ts_metrics is not None else None, registered
+        )
         self.threads = spec.threads or max(
             1, (os.cpu_count() or 1) // int(yaml_config.get("minWorkers", 1) or 1)
         )
@@ -121,17 +148,16 @@ class CheckpointHandler:
 
         model = None
         if spec.reload.watch_dir is not None:
-            self.reloader = Reloader(spec, load)
+            self.reloader = Reloader(spec, load, self._on_reload)
             model = self.reloader.initial_model(lambda m: _gate(m, sample))
         if model is None:
             model = self._fallback(load)
         self.slot = ModelSlot(model, sample)
-        manifest = getattr(context, "manifest", None) or {}
         self.service = InferenceService(
             self.slot.use,
             input_spec=spec.input,
             postprocess=spec.postprocess,
-            model_name=manifest.get("model", {}).get("modelName") or getattr(context, "model_name", "model"),
+            model_name=model_name,
             model_version=manifest.get("model", {}).get("modelVersion"),
         )
         self._warm_up()
@@ -148,7 +174,21 @@ class CheckpointHandler:
             time.perf_counter() - started,
             f", watching {spec.reload.watch_dir}" if self.reloader else "",
         )
+        self.metrics.started(info, reloads=self.reloader is not None)
         self.initialized = True
+
+    def _on_reload(self, result: str, seconds: float) -> None:
+        # Called by the reloader's thread after each attempt; after a success the slot holds the new model.
+        self.metrics.reloaded(result, seconds, self.slot.info if self.slot and result == "success" else None)
+
+    def _served_checkpoint(self) -> str | None:
+        return _checkpoint_label(self.slot.model) if self.slot is not None else None
+
+    def _log_scope(self, context: Any) -> contextlib.AbstractContextManager[None]:
+        if not self.json_logs:
+            return contextlib.nullcontext()
+        ids = getattr(context, "request_ids", None) or {}
+        return request_scope(ids.values() if isinstance(ids, dict) else [ids])
 
     def _fallback(self, load: Any) -> torch.nn.Module:
         """The configured checkpoint, when no watched one is usable (or nothing is watched)."""
@@ -178,6 +218,44 @@ class CheckpointHandler:
                 f"The warm-up forward on input shape {shape} failed: {reply.error.message}",
                 hint="Check handler.input.shape in model-config.yaml against the architecture.",
             )
+
+
+def _torchserve_emit(ts_metrics: Any) -> Emit:
+    """serving.metrics' emitter on TorchServe: the lines ``context.metrics.add_metric`` would log, all
+    of one flush in one write. (add_metric logs and flushes each metric on its own, and the frontend
+    wakes up for each line: measured with benchmarks/metrics.py, that cost the demo 12% of its
+    throughput at 16 connections.)"""
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    for metric in ALL:  # the frontend exports a metric only as its config declares it: say so once
+        try:
+            declared = list(ts_metrics.get_metric(metric.name, MetricTypes(metric.kind)).dimension_names)
+        except Exception:
+            declared = None
+        if declared != list(metric.dimensions):
+            log.warning(
+                "%s %s is declared with dimensions %s in TorchServe's metrics config, not %s: it will not "
+                "be exported (ckptserve serve passes serving/torchserve/metrics.yaml)",
+                metric.kind,
+                metric.name,
+                declared,
+                list(metric.dimensions),
+            )
+    host = socket.gethostname()
+
+    def emit(observations: Sequence[Observation]) -> None:
+        # TorchServe 0.12.0's line (ts.metrics.caching_metric), as its frontend parses it.
+        tail = f"|#hostname:{host},{int(time.time())}"
+        _metric_lines.info(
+            "\n".join(
+                f"[METRICS]{m.name}.{m.unit}:{value}"
+                f"|#{','.join(f'{n}:{v}' for n, v in zip(m.dimensions, dims, strict=True))}"
+                f"|#type:{m.kind.upper()}{tail}"
+                for m, value, dims in observations
+            )
+        )
+
+    return emit
 
 
 def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:

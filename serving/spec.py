@@ -57,6 +57,7 @@ class ModelSpec:
     threads: int | None = None  # intra-op threads per worker; None = cores / workers
     reload: ReloadSpec = field(default_factory=ReloadSpec)
     json_logs: bool = False
+    metrics: bool = True  # handler metrics (serving.metrics); off only to measure what they cost
 
 
 _TOP_KEYS = {f.name for f in fields(ModelSpec)} - {"reload"} | {
@@ -116,6 +117,7 @@ def parse_spec(
         threads=None if threads == "auto" else threads,
         reload=reload,
         json_logs=_bool(cfg, "json_logs", where, False),
+        metrics=_bool(cfg, "metrics", where, True),
     )
 
 

@@ -66,6 +66,7 @@ def test_full_config(tmp_path: Path) -> None:
         ({"policy": "pinned"}, "pinned"),
         ({"checkpoint": None}, "checkpoint is missing"),
         ({"architecture_kwargs": [1]}, "architecture_kwargs must be a mapping"),
+        ({"metrics": "off"}, "metrics must be true or false"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, change: dict, fragment: str) -> None:
@@ -73,3 +74,11 @@ def test_errors_name_the_key(tmp_path: Path, change: dict, fragment: str) -> Non
         parse_spec({**BASE, **change}, model_dir=tmp_path, source="digits/model-config.yaml")
     assert fragment in str(caught.value)
     assert "model-config.yaml" in str(caught.value)
+
+
+def test_handler_metrics_are_on_unless_switched_off(tmp_path: Path) -> None:
+    assert parse_spec(BASE, model_dir=tmp_path).metrics is True
+    assert parse_spec({**BASE, "metrics": False}, model_dir=tmp_path).metrics is False
+    # "metrics" (on/off) and "metric" (what policy "best" ranks by) are different keys.
+    spec = parse_spec({**BASE, "metrics": False, "policy": "best", "metric": "loss"}, model_dir=tmp_path)
+    assert (spec.metrics, spec.reload.metric) == (False, "loss")
