@@ -66,17 +66,30 @@ class CheckpointHandler:
             raise
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        if _is_describe(context):
-            return [self.describe()]
+        # The management API's describe job may share a batch with predictions; only it (a request
+        # without any body) is answered with describe, so a client header cannot trigger it.
+        describe = {idx for idx, row in enumerate(data) if _is_describe(context, idx, row)}
+        if describe:
+            answers = self._infer([row for i, row in enumerate(data) if i not in describe], context, describe)
+            return [self.describe() if i in describe else answers.pop(0) for i in range(len(data))]
+        return self._infer(data, context, set())
+
+    def _infer(self, data: list[dict[str, Any]], context: Any, skipped: set[int]) -> list[Any]:
+        if not data:
+            return []
         assert self.service is not None, "handle() before initialize()"
-        requests = [(_body(row), _content_type(context, idx, row)) for idx, row in enumerate(data)]
+        # Positions in TorchServe's batch (its per-request status slots) of the rows we serve.
+        slots = [i for i in range(len(data) + len(skipped)) if i not in skipped]
+        requests = [
+            (_body(row), _content_type(context, slot, row)) for slot, row in zip(slots, data, strict=True)
+        ]
         with self._log_scope(context):
             replies, report = self.service.infer(requests)
         self.metrics.batch(report)
         if self.json_logs:  # structured logs go to a log store: there, one line per failed request pays off
-            log_failed_requests(log, [context.get_request_id(i) for i in range(len(replies))], replies)
+            log_failed_requests(log, [context.get_request_id(i) for i in slots], replies)
         served_by, batch = _checkpoint_label(report.model), str(len(replies))
-        for idx, reply in enumerate(replies):
+        for idx, reply in zip(slots, replies, strict=True):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
             context.set_response_header(idx, BATCH_HEADER, batch)
@@ -95,13 +108,29 @@ class CheckpointHandler:
             "checkpoint_metadata": info.metadata,
             "reload": self.reloader.status.to_dict() if self.reloader else None,
             "input": {
+                "name": self.spec.input.name,
                 "shape": list(self.spec.input.shape),
                 "dtype": str(self.spec.input.dtype).removeprefix("torch."),
             },
+            "outputs": self._outputs(),
             "postprocess": self.spec.postprocess.kind,
             "threads": self.threads,
             "pid": os.getpid(),
         }
+
+    def _outputs(self) -> list[dict[str, Any]]:
+        """OIP outputs of one request (batch axis -1), for the gRPC gateway's ModelMetadata."""
+        assert self.spec is not None and self.slot is not None
+        post, per_instance = self.spec.postprocess, list(self.slot.output_shape[1:])
+        if post.kind == "topk":
+            k = min(post.k, per_instance[-1])
+            kinds = {"topk_indices": "INT64", "topk_scores": "FP32", "topk_labels": "BYTES"}
+            names = list(kinds) if post.labels else list(kinds)[:2]
+            return [{"name": n, "datatype": kinds[n], "shape": [-1, k]} for n in names]
+        if -1 in self.spec.input.shape:  # the warm-up sample fixed -1 axes to 1: sizes may vary
+            per_instance = [-1] * len(per_instance)
+        # Floating outputs are served as float32 (serving.service casts them).
+        return [{"name": post.output_name, "datatype": "FP32", "shape": [-1, *per_instance]}]
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -270,8 +299,8 @@ def _checkpoint_label(model: torch.nn.Module | None) -> str:
     return f"epoch={info.epoch if info.epoch is not None else '-'}@{info.sha256[:12]}"
 
 
-def _is_describe(context: Any) -> bool:
-    return context.get_request_header(0, "describe") == "True"
+def _is_describe(context: Any, idx: int, row: dict[str, Any]) -> bool:
+    return context.get_request_header(idx, "describe") == "True" and _body(row) is None
 
 
 def _body(row: dict[str, Any]) -> Any:

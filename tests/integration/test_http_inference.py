@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -189,7 +191,7 @@ def test_describe_shows_the_served_checkpoint(server: TorchServeProcess, trained
     assert meta["checkpoint"]["path"].endswith("model_epoch_1.pth")
     assert meta["checkpoint"]["epoch"] == 1
     assert meta["checkpoint_metadata"]["metrics"]["val_accuracy"] > 0.5
-    assert meta["input"] == {"shape": [1, 8, 8], "dtype": "float32"}
+    assert meta["input"] == {"name": "input__0", "shape": [1, 8, 8], "dtype": "float32"}
 
 
 def test_ckptserve_predict_prints_the_answer(server: TorchServeProcess, trained: Trained) -> None:
@@ -254,3 +256,26 @@ def test_serve_fails_fast_with_the_workers_reason(tmp_path: Path, trained: Train
     assert "do not fit the architecture" in out.stderr, out.stderr
     assert "missing key(s)" in out.stderr
     assert elapsed < 45, f"took {elapsed:.0f}s to report a load failure"
+
+
+def test_a_describe_header_on_the_inference_api_is_just_a_request(
+    server: TorchServeProcess, trained: Trained
+) -> None:
+    # TorchServe forwards client headers to the worker; only the management API's describe job may describe.
+    url = f"{server.urls.inference}/predictions/digits"
+    for body, expected in (
+        (json.dumps({"instances": trained.images[:1].tolist()}).encode(), 200),
+        (b"", 400),
+    ):
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json", "describe": "True"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, answer = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            status, answer = err.code, json.loads(err.read())
+        assert status == expected, answer
+        assert "checkpoint" not in answer and "reload" not in answer
+    outputs = describe(server, "digits")["outputs"]
+    assert outputs == [{"name": "output__0", "datatype": "FP32", "shape": [-1, 10]}]
