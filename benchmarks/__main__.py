@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"load": "benchmarks.load", "http": "benchmarks.http", "reload": "benchmarks.reload"}
-BENCHMARKS["grpc"] = "benchmarks.grpc"
-BENCHMARKS["metrics"] = "benchmarks.metrics"
+BENCHMARKS = {name: f"benchmarks.{name}" for name in ("load", "http", "reload", "grpc", "metrics")}
 
 
 def main() -> None:
