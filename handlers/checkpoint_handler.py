@@ -178,7 +178,20 @@ class CheckpointHandler:
         model = None
         if spec.reload.watch_dir is not None:
             self.reloader = Reloader(spec, load, self._on_reload)
-            model = self.reloader.initial_model(lambda m: _gate(m, sample))
+            # Training may not have written anything yet: wait for the first checkpoint (an empty
+            # directory is not an error) within TorchServe's start-up budget, keeping a margin.
+            patience = max(0.0, float(yaml_config.get("startupTimeout", 120)) - 15.0)
+            deadline = time.monotonic() + (0.0 if spec.checkpoint is not None else patience)
+            waiting = False
+            while (model := self.reloader.initial_model(lambda m: _gate(m, sample))) is None:
+                if self.reloader.status.rejected or time.monotonic() >= deadline:
+                    break
+                if not waiting:
+                    log.info(
+                        "waiting up to %.0fs for a first checkpoint in %s", patience, spec.reload.watch_dir
+                    )
+                waiting = True
+                time.sleep(spec.reload.poll_interval_s)
         if model is None:
             model = self._fallback(load)
         self.slot = ModelSlot(model, sample)

@@ -217,3 +217,40 @@ def test_inplace_strategy_switches_weights(
         torch.tensor(traffic.outputs[f"epoch=2@{sha(path)}"]), trained.reference(2, images)
     )
     assert describe(server, "inplace")["reload"]["strategy"] == "inplace"
+
+
+def test_a_server_started_before_training_wrote_anything_waits_for_it(
+    trained: Trained, tmp_path: Path
+) -> None:
+    from serving.torchserve import ServerSettings, TorchServeProcess, free_port
+
+    watch, store = tmp_path / "watch", tmp_path / "store"
+    watch.mkdir()
+    store.mkdir()
+    package(
+        store,
+        "early",
+        handler={"postprocess": {"kind": "raw"}, "watch_dir": str(watch), "poll_interval_s": POLL_S},
+    )
+    ports = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
+    settings = ServerSettings(
+        model_store=store,
+        runtime_dir=tmp_path / "rt",
+        models=["early=early.mar"],
+        **{p: free_port() for p in ports},
+    )
+    with TorchServeProcess(settings) as server:
+        deadline = time.monotonic() + 60
+        while "waiting up to" not in (server.worker_log.read_text() if server.worker_log.exists() else ""):
+            assert time.monotonic() < deadline, "the worker never started waiting"
+            time.sleep(0.1)  # the worker is up and waiting: an empty directory is not a load failure
+        path = save_checkpoint(watch, trained.models[1], epoch=1)
+        server.wait_ready(["early"], timeout_s=60)
+        status, headers, body = http(
+            f"{server.urls.inference}/predictions/early",
+            json.dumps({"instances": trained.images[:1].tolist()}).encode(),
+        )
+        assert status == 200 and headers["x-ckptserve-checkpoint"] == f"epoch=1@{sha(path)}"
+        torch.testing.assert_close(
+            torch.tensor(json.loads(body)["predictions"]), trained.reference(1, trained.images[:1])
+        )
