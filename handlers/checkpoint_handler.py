@@ -53,6 +53,7 @@ class CheckpointHandler:
     # --- TorchServe entry points ----------------------------------------------------------------
 
     def initialize(self, context: Any) -> None:
+        _quiet_per_batch_log()
         try:
             self._initialize(context)
         except CkptServeError as err:
@@ -314,6 +315,18 @@ def _checkpoint_label(model: torch.nn.Module | None) -> str:
 
 def _is_describe(context: Any, idx: int, row: dict[str, Any]) -> bool:
     return context.get_request_header(idx, "describe") == "True" and _body(row) is None
+
+
+def _drop_per_batch_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Backend received inference")
+
+
+def _quiet_per_batch_log() -> None:
+    # TorchServe's worker logs one line per batch on the root logger; the frontend then reads,
+    # filters and discards it. Dropping it at the source saves both processes the work.
+    for handler in logging.getLogger().handlers:
+        if _drop_per_batch_line not in handler.filters:
+            handler.addFilter(_drop_per_batch_line)
 
 
 def _body(row: dict[str, Any]) -> Any:
