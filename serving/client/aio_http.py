@@ -19,8 +19,7 @@ from serving.client.common import (
     predictions,
 )
 from serving.client.http import raise_for_status
-from serving.errors import RequestError, ServerError
-from serving.grpc.status import DeadlineExceededError
+from serving.errors import DeadlineExceededError, RequestError, ServerError
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -22,10 +22,8 @@ from serving.client.common import (
     raw_input,
     retryable,
 )
-from serving.errors import CkptServeError
+from serving.errors import CkptServeError, DeadlineExceededError, UnsupportedModelError
 from serving.grpc.status import (
-    DeadlineExceededError,
-    UnsupportedModelError,
     error_from_rpc,
     error_from_status,
 )

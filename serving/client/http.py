@@ -18,8 +18,8 @@ from serving.client.common import (
     json_inputs,
     predictions,
 )
-from serving.errors import CkptServeError, RequestError, ServerError
-from serving.grpc.status import DeadlineExceededError, error_from_http
+from serving.errors import CkptServeError, DeadlineExceededError, RequestError, ServerError
+from serving.grpc.status import error_from_http
 
 
 class ServerReplyError(CkptServeError):

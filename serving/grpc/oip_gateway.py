@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving.errors import CkptServeError, RequestError, ServerError
+from serving.errors import CkptServeError, ModelNotFoundError, RequestError, ServerError
 from serving.grpc.signature import Signature, Signatures
-from serving.grpc.status import ModelNotFoundError, details, status_code
+from serving.grpc.status import details, status_code
 from serving.grpc.tensors import datatype_of, fill, has_typed_contents, to_numpy
 from serving.grpc.upstream import CHANNEL_OPTIONS, TokenFile, TorchServeUpstream
 from serving.protos import grpc_predict_v2_pb2 as pb

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from serving.grpc.status import ModelStatefulError, UnsupportedModelError
+from serving.errors import ModelStatefulError, UnsupportedModelError
 from serving.grpc.upstream import TorchServeUpstream
 
 log = logging.getLogger(__name__)

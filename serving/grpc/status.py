@@ -8,46 +8,16 @@ from typing import Any
 import grpc
 
 from serving.errors import (
+    AuthenticationError,
     CkptServeError,
+    DeadlineExceededError,
+    ModelNotFoundError,
     ModelNotReadyError,
     PayloadTooLargeError,
     RequestError,
     ServerError,
     UnsupportedMediaTypeError,
 )
-
-
-class ModelNotFoundError(RequestError):
-    """The server has no model (or no such version of it) by that name."""
-
-    http_status = 404
-    grpc_code = "NOT_FOUND"
-
-
-class UnsupportedModelError(CkptServeError):
-    """The model is served, but not in a way this API can reach."""
-
-    http_status = 412
-    grpc_code = "FAILED_PRECONDITION"
-
-
-class ModelStatefulError(UnsupportedModelError):
-    """The model uses TorchServe's sequence batching, which serves it through StreamPredictions2 only."""
-
-
-class AuthenticationError(RequestError):
-    """The server wants a token (TorchServe's token authorization) and got none, or a wrong one."""
-
-    http_status = 401
-    grpc_code = "UNAUTHENTICATED"
-
-
-class DeadlineExceededError(CkptServeError):
-    """No answer within the caller's deadline."""
-
-    http_status = 504
-    grpc_code = "DEADLINE_EXCEEDED"
-
 
 # The handler's own 4xx statuses, which TorchServe's gRPC Predictions drops (see error_from_body).
 _BY_HTTP: dict[int, type[CkptServeError]] = {

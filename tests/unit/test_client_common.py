@@ -19,8 +19,13 @@ from serving.client.common import (
     retryable,
 )
 from serving.client.grpc import infer_request, infer_result
-from serving.errors import ModelNotReadyError, PayloadTooLargeError, RequestError, ServerError
-from serving.grpc.status import ModelNotFoundError
+from serving.errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    RequestError,
+    ServerError,
+)
 from serving.protos import grpc_predict_v2_pb2 as pb
 
 

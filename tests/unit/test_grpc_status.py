@@ -8,7 +8,10 @@ import grpc
 import pytest
 
 from serving.errors import (
+    AuthenticationError,
     CkptServeError,
+    DeadlineExceededError,
+    ModelNotFoundError,
     ModelNotReadyError,
     PayloadTooLargeError,
     RequestError,
@@ -16,9 +19,6 @@ from serving.errors import (
     UnsupportedMediaTypeError,
 )
 from serving.grpc.status import (
-    AuthenticationError,
-    DeadlineExceededError,
-    ModelNotFoundError,
     details,
     error_from_body,
     error_from_status,
