@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import time
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,11 +14,12 @@ from serving.client.common import (
     InferResult,
     Tensors,
     encode_instances,
+    host_and_port,
     json_inputs,
     predictions,
 )
 from serving.client.http import raise_for_status
-from serving.errors import DeadlineExceededError, RequestError, ServerError
+from serving.errors import DeadlineExceededError, ServerError
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -45,10 +45,7 @@ class AsyncHttpClient:
         backoff_s: float = 0.2,
         max_idle: int = 32,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise RequestError(f"Expected an http://host:port URL, got {base_url!r}.")
-        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._host, self._port = host_and_port(base_url)
         self.timeout_s, self.token, self.retries, self.backoff_s = timeout_s, token, retries, backoff_s
         self._idle: list[_Connection] = []
         self._max_idle = max_idle

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,3 +205,11 @@ class Backoff:
 def retryable(err: CkptServeError) -> bool:
     """Only "not now" is worth another try; a bad request stays bad."""
     return err.grpc_code == "UNAVAILABLE" or getattr(err, "http_status", None) == 503
+
+
+def host_and_port(base_url: str) -> tuple[str, int]:
+    """``http://host:port`` -> (host, port), with a typed error for anything else."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise RequestError(f"Expected an http://host:port URL, got {base_url!r}.")
+    return parsed.hostname, parsed.port or 80

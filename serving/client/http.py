@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,10 +14,11 @@ from serving.client.common import (
     Tensors,
     decode_answer,
     encode_instances,
+    host_and_port,
     json_inputs,
     predictions,
 )
-from serving.errors import CkptServeError, DeadlineExceededError, RequestError, ServerError
+from serving.errors import CkptServeError, DeadlineExceededError, ServerError
 from serving.grpc.status import error_from_http
 
 
@@ -44,10 +44,7 @@ class HttpClient:
         retries: int = 3,
         backoff_s: float = 0.2,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise RequestError(f"Expected an http://host:port URL, got {base_url!r}.")
-        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._host, self._port = host_and_port(base_url)
         self.timeout_s, self.token, self.retries, self.backoff_s = timeout_s, token, retries, backoff_s
         self._conn: http.client.HTTPConnection | None = None
         self.last_headers: dict[str, str] = {}  # of the latest response, names lower-cased
