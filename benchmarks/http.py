@@ -27,7 +27,7 @@ def start_demo_server(workdir: Path, **settings: Any) -> Any:
     from train import train
 
     from serving.server import METRICS_CONFIG, Server
-    from serving.torchserve import ServerSettings, free_port
+    from serving.torchserve import ServerSettings, free_ports
     from serving.torchserve.package import package_model
 
     checkpoints, store = workdir / "checkpoints", workdir / "store"
@@ -41,7 +41,6 @@ def start_demo_server(workdir: Path, **settings: Any) -> Any:
         checkpoint=checkpoints / "model_epoch_1.pth",
         extra_files=[DIGITS / "index_to_name.json"],
     )
-    ports = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
     server = Server(
         ServerSettings(
             model_store=store,
@@ -50,7 +49,7 @@ def start_demo_server(workdir: Path, **settings: Any) -> Any:
             metrics_config=settings.pop(
                 "metrics_config", METRICS_CONFIG if METRICS_CONFIG.is_file() else None
             ),
-            **{p: free_port() for p in ports},
+            **free_ports(),
             **settings,
         )
     )

@@ -29,7 +29,7 @@ VARIANTS = ("on", "off")
 def start_without_metrics(reference: Any, workdir: Path) -> Any:
     """A second demo server like ``reference`` (same checkpoint, same config) with ``metrics: false``."""
     from serving.server import Server
-    from serving.torchserve import free_port
+    from serving.torchserve import free_ports
     from serving.torchserve.package import package_model
 
     store = workdir / "store"
@@ -43,13 +43,12 @@ def start_without_metrics(reference: Any, workdir: Path) -> Any:
         extra_files=[DIGITS / "index_to_name.json"],
         handler_overrides={"metrics": False},
     )
-    ports = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
     settings = dataclasses.replace(
         reference.settings,
         model_store=store,
         runtime_dir=workdir / "rt",
         log_dir=workdir / "rt" / "logs",
-        **{p: free_port() for p in ports},
+        **free_ports(),
     )
     server = Server(settings)
     server.start()

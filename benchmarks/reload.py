@@ -147,7 +147,7 @@ def _get(url: str) -> bytes:
 
 def run_size(workdir: Path, size: str, strategy: str, poll_s: float) -> dict[str, Any]:
     from serving.server import Server
-    from serving.torchserve import ServerSettings, free_port
+    from serving.torchserve import ServerSettings, free_ports
     from serving.torchserve.package import package_model
 
     width, layers = SIZES[size]
@@ -179,13 +179,12 @@ def run_size(workdir: Path, size: str, strategy: str, poll_s: float) -> dict[str
         )
     )
     package_model("stack", model_store=store, model_file=root / "stack_model.py", config=config)
-    ports = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
     server = Server(
         ServerSettings(
             model_store=store,
             runtime_dir=root / "rt",
             models=["stack=stack.mar"],
-            **{p: free_port() for p in ports},
+            **free_ports(),
         )
     )
     server.start(timeout_s=300)

@@ -13,7 +13,7 @@ import torch
 
 from serving.client.http import HttpClient
 from serving.server import METRICS_CONFIG, Server
-from serving.torchserve import ServerSettings, free_port
+from serving.torchserve import ServerSettings, free_ports
 from serving.torchserve.package import package_model
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "digits"
@@ -56,11 +56,7 @@ def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clie
         runtime_dir=Path("/tmp") / f"ckptserve-demo-{workdir.stat().st_ino}",
         log_dir=workdir / "logs",
         models=["digits=digits.mar"],
-        http_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
+        **free_ports(),
         metrics_config=METRICS_CONFIG if METRICS_CONFIG.is_file() else None,
     )
     server = Server(settings)

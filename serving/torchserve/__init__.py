@@ -1,7 +1,7 @@
 """Talking to the TorchServe process: config.properties, model archives, launch, readiness, stop."""
 
 from serving.torchserve.archive import build_archive
-from serving.torchserve.config import ServerSettings, free_port, render_properties
+from serving.torchserve.config import ServerSettings, free_port, free_ports, render_properties
 from serving.torchserve.process import TorchServeProcess
 from serving.torchserve.state import ServerState, ServerUrls, stop_from_state
 
@@ -12,6 +12,7 @@ __all__ = [
     "TorchServeProcess",
     "build_archive",
     "free_port",
+    "free_ports",
     "render_properties",
     "stop_from_state",
 ]

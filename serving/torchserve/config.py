@@ -291,3 +291,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+PORT_FIELDS = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
+
+
+def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
+    """Free ports for every TorchServe endpoint, as ServerSettings keyword arguments (tests, demo)."""
+    return {name: free_port(host) for name in PORT_FIELDS}

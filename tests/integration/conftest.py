@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from serving.torchserve import ServerSettings, TorchServeProcess, free_port
+from serving.torchserve import ServerSettings, TorchServeProcess, free_ports
 from serving.torchserve.package import package_model
 
 DIGITS = Path(__file__).resolve().parents[2] / "model_store" / "digits"
@@ -81,16 +81,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started: list[TorchServeProcess] = []
 
     def start(store: Path, models: list[str], timeout_s: float = 120) -> TorchServeProcess:
-        ports = {
-            k: free_port()
-            for k in (
-                "http_port",
-                "management_port",
-                "metrics_port",
-                "grpc_inference_port",
-                "grpc_management_port",
-            )
-        }
+        ports = free_ports()
         settings = ServerSettings(
             model_store=store,
             runtime_dir=tmp_path_factory.mktemp("rt"),

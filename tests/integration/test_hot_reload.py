@@ -222,7 +222,7 @@ def test_inplace_strategy_switches_weights(
 def test_a_server_started_before_training_wrote_anything_waits_for_it(
     trained: Trained, tmp_path: Path
 ) -> None:
-    from serving.torchserve import ServerSettings, TorchServeProcess, free_port
+    from serving.torchserve import ServerSettings, TorchServeProcess, free_ports
 
     watch, store = tmp_path / "watch", tmp_path / "store"
     watch.mkdir()
@@ -232,12 +232,11 @@ def test_a_server_started_before_training_wrote_anything_waits_for_it(
         "early",
         handler={"postprocess": {"kind": "raw"}, "watch_dir": str(watch), "poll_interval_s": POLL_S},
     )
-    ports = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
     settings = ServerSettings(
         model_store=store,
         runtime_dir=tmp_path / "rt",
         models=["early=early.mar"],
-        **{p: free_port() for p in ports},
+        **free_ports(),
     )
     with TorchServeProcess(settings) as server:
         deadline = time.monotonic() + 60

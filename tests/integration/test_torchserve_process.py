@@ -21,7 +21,7 @@ from serving.torchserve import (
     ServerSettings,
     TorchServeProcess,
     build_archive,
-    free_port,
+    free_ports,
     render_properties,
     stop_from_state,
 )
@@ -41,8 +41,7 @@ OIP_GRPC_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 
 
 def settings_for(store: Path, runtime_dir: Path, models: list[str], **kwargs: object) -> ServerSettings:
-    names = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
-    ports = {name: free_port() for name in names}
+    ports = free_ports()
     return ServerSettings(model_store=store, runtime_dir=runtime_dir, models=models, **ports, **kwargs)
 
 
