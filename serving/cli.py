@@ -82,7 +82,10 @@ def _package(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from serving.server import Server, settings_from_args
 
-    server = Server(settings_from_args(args), oip_grpc_port=None if args.no_oip_grpc else args.oip_grpc_port)
+    settings = settings_from_args(args)
+    if (warning := settings.auth_warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
+    server = Server(settings, oip_grpc_port=None if args.no_oip_grpc else args.oip_grpc_port)
     server.start(timeout_s=args.timeout)
     print(server.describe_endpoints())
     if not args.foreground:
@@ -109,7 +112,10 @@ def _predict(args: argparse.Namespace) -> int:
     content_type = "application/x-npy" if body.startswith(b"\x93NUMPY") else "application/json"
     if args.grpc:
         return _predict_grpc(args, body, content_type)
-    with HttpClient(f"http://{args.host}:{args.port or 8080}", token=args.token) as client:
+    scheme = "https" if args.tls_ca else "http"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"{scheme}://{host}:{args.port or 8080}"
+    with HttpClient(url, tls_ca=args.tls_ca, **_credentials(args)) as client:
         status, data = client.request("POST", f"/predictions/{args.name}", body, content_type)
     try:
         print(json.dumps(json.loads(data), indent=2))
@@ -123,13 +129,22 @@ def _predict_grpc(args: argparse.Namespace, body: bytes, content_type: str) -> i
     from serving.grpc.status import error_from_body
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    with GrpcClient(f"{host}:{args.port or 7070}", token=args.token) as client:
+    with GrpcClient(f"{host}:{args.port or 7070}", tls_ca=args.tls_ca, **_credentials(args)) as client:
         data = client.request(args.name, body)  # TorchServe's Predictions: the handler's bytes, as over HTTP
     try:
         print(json.dumps(json.loads(data), indent=2))
     except ValueError:
         print(f"<{len(data)} bytes of {content_type}>")
     return 1 if error_from_body(data) is not None else 0
+
+
+def _credentials(args: argparse.Namespace) -> dict[str, str | None]:
+    """--token, else $CKPTSERVE_TOKEN, else --key-file, else a local server's key file in --runtime-dir."""
+    key_file = args.key_file
+    if key_file is None:
+        local = Path(args.runtime_dir) / "key_file.json"
+        key_file = str(local) if local.is_file() else None
+    return {"token": args.token, "key_file": key_file}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -209,7 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--grpc", action="store_true", help="call TorchServe's gRPC Predictions instead of HTTP"
     )
-    predict.add_argument("--token", help="TorchServe inference token, when token auth is on")
+    predict.add_argument(
+        "--token", help="TorchServe's inference key, when token auth is on (default: $CKPTSERVE_TOKEN)"
+    )
+    predict.add_argument("--key-file", help="TorchServe's key_file.json to read the inference key from")
+    predict.add_argument(
+        "--runtime-dir",
+        default=str(default_runtime_dir()),
+        help="a local server's runtime directory: its key_file.json is read when no key is given",
+    )
+    predict.add_argument("--tls-ca", help="PEM CA certificate: use HTTPS / TLS and verify the server with it")
     predict.set_defaults(run=_predict)
 
     pin = commands.add_parser("pin", help="choose the checkpoint served under policy 'pinned' (a reload)")
@@ -242,7 +266,24 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=7070, help="TorchServe gRPC inference")
     parser.add_argument("--grpc-management-port", type=int, default=7071)
     parser.add_argument("--workers", type=int, help="workers per model (default: minWorkers of its config)")
-    parser.add_argument("--token-auth", action="store_true", help="keep TorchServe's token authorization on")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--token-auth",
+        dest="token_auth",
+        action="store_const",
+        const=True,
+        default=None,
+        help="require TorchServe's keys even on loopback (default: on whenever a host is beyond loopback)",
+    )
+    auth.add_argument(
+        "--no-token-auth",
+        dest="token_auth",
+        action="store_const",
+        const=False,
+        help="serve without keys even beyond loopback (warns: anyone who reaches the ports may call them)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): HTTPS on every HTTP API, TLS on gRPC")
+    parser.add_argument("--tls-key", help="the certificate's private key: unencrypted PKCS#8 RSA PEM")
     parser.add_argument("--runtime-dir", default=str(default_runtime_dir()), help="pid, state, sockets")
     parser.add_argument("--log-dir", help="TorchServe's logs (default: $LOG_LOCATION or RUNTIME_DIR/logs)")
 

@@ -36,6 +36,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         grpc_management_port=args.grpc_management_port,
         workers=args.workers,
         token_auth=args.token_auth,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
         metrics_config=METRICS_CONFIG if METRICS_CONFIG.is_file() else None,
     )
 
@@ -76,7 +78,9 @@ class Server:
             management=urls.grpc_management,
             runtime_dir=self.runtime_dir,
             log_dir=self.settings.logs,
-            key_file=ts.key_file if self.settings.token_auth else None,
+            key_file=ts.key_file if self.settings.auth_enabled else None,
+            tls_cert=self.settings.tls_cert,
+            tls_key=self.settings.tls_key,
             watch_pgid=ts.pid,  # the wrapper leads TorchServe's process group
         )
 
@@ -95,8 +99,15 @@ class Server:
                     else []
                 ),
                 f"logs               {self.settings.logs}",
+                f"token auth         {self._auth_line()}",
+                *([f"TLS                {self.settings.tls_cert}"] if self.settings.tls else []),
             ]
         )
+
+    def _auth_line(self) -> str:
+        if not self.settings.auth_enabled:
+            return "off"
+        return f"on: send 'Authorization: Bearer <key>', keys in {self.torchserve.key_file}"
 
     def detach(self) -> None:
         self.torchserve.detach()

@@ -7,8 +7,10 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from serving.client.access import resolve_token, ssl_context
 from serving.client.common import (
     JSON_TYPE,
     InferResult,
@@ -41,12 +43,17 @@ class AsyncHttpClient:
         *,
         timeout_s: float = 30.0,
         token: str | None = None,
+        key_file: str | Path | None = None,
+        tls_ca: str | Path | None = None,
         retries: int = 3,
         backoff_s: float = 0.2,
         max_idle: int = 32,
     ) -> None:
         self._host, self._port = host_and_port(base_url)
-        self.timeout_s, self.token, self.retries, self.backoff_s = timeout_s, token, retries, backoff_s
+        self.token = resolve_token(token, key_file)
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        tls = base_url.startswith("https:") or tls_ca is not None
+        self._ssl = ssl_context(tls_ca) if tls else None
         self._idle: list[_Connection] = []
         self._max_idle = max_idle
         self.last_headers: dict[str, str] = {}
@@ -110,7 +117,7 @@ class AsyncHttpClient:
                 return await self._send(self._idle.pop(), method, path, body, content_type)
             except (_ProtocolError, asyncio.IncompleteReadError, ConnectionError):
                 pass  # the server closed this idle keep-alive connection: a fresh one follows
-        connection = await asyncio.open_connection(self._host, self._port)
+        connection = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         return await self._send(connection, method, path, body, content_type)
 
     async def _send(

@@ -208,8 +208,8 @@ def retryable(err: CkptServeError) -> bool:
 
 
 def host_and_port(base_url: str) -> tuple[str, int]:
-    """``http://host:port`` -> (host, port), with a typed error for anything else."""
+    """``http(s)://host:port`` -> (host, port), with a typed error for anything else."""
     parsed = urllib.parse.urlsplit(base_url)
-    if parsed.scheme != "http" or not parsed.hostname:
-        raise RequestError(f"Expected an http://host:port URL, got {base_url!r}.")
-    return parsed.hostname, parsed.port or 80
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise RequestError(f"Expected an http://host:port or https://host:port URL, got {base_url!r}.")
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)

@@ -7,10 +7,12 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from serving.client.access import grpc_credentials, resolve_token
 from serving.client.common import (
     Backoff,
     InferResult,
@@ -103,13 +105,19 @@ class _Base:
         oip_target: str | None = None,
         timeout_s: float = 30.0,
         token: str | None = None,
+        key_file: str | Path | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
         retries: int = 3,
         backoff_s: float = 0.2,
     ) -> None:
         self.target, self.oip_target = target, _oip_target(target, oip_target)
         self.timeout_s = timeout_s
         self.backoff = Backoff(retries, backoff_s)
+        token = resolve_token(token, key_file)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        # TLS when asked for or given a CA: the server is verified against ``tls_ca`` or the system's roots.
+        self._credentials = grpc_credentials(tls_ca) if tls or tls_ca is not None else None
 
     def _deadline_error(self, target: str) -> DeadlineExceededError:
         return DeadlineExceededError(
@@ -132,7 +140,12 @@ class GrpcClient(_Base):
 
     def _channel(self, target: str) -> grpc.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                self._channels[target] = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            else:
+                self._channels[target] = grpc.secure_channel(
+                    target, self._credentials, options=CHANNEL_OPTIONS
+                )
         return self._channels[target]
 
     def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:
@@ -255,7 +268,12 @@ class AsyncGrpcClient(_Base):
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            else:
+                self._channels[target] = grpc.aio.secure_channel(
+                    target, self._credentials, options=CHANNEL_OPTIONS
+                )
         return self._channels[target]
 
     async def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:

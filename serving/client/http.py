@@ -6,8 +6,10 @@ import http.client
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from serving.client.access import resolve_token, ssl_context
 from serving.client.common import (
     JSON_TYPE,
     InferResult,
@@ -18,7 +20,7 @@ from serving.client.common import (
     json_inputs,
     predictions,
 )
-from serving.errors import CkptServeError, DeadlineExceededError, ServerError
+from serving.errors import AuthenticationError, CkptServeError, DeadlineExceededError, ServerError
 from serving.grpc.status import error_from_http
 
 
@@ -41,11 +43,17 @@ class HttpClient:
         *,
         timeout_s: float = 30.0,
         token: str | None = None,
+        key_file: str | Path | None = None,
+        tls_ca: str | Path | None = None,
         retries: int = 3,
         backoff_s: float = 0.2,
     ) -> None:
         self._host, self._port = host_and_port(base_url)
-        self.timeout_s, self.token, self.retries, self.backoff_s = timeout_s, token, retries, backoff_s
+        self.token = resolve_token(token, key_file)
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        # https:// (or a CA) verifies the server: against ``tls_ca``, or the system's roots.
+        tls = base_url.startswith("https:") or tls_ca is not None
+        self._ssl = ssl_context(tls_ca) if tls else None
         self._conn: http.client.HTTPConnection | None = None
         self.last_headers: dict[str, str] = {}  # of the latest response, names lower-cased
 
@@ -115,7 +123,12 @@ class HttpClient:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            if self._ssl is not None:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.timeout_s, context=self._ssl
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
         return self._conn
 
     def close(self) -> None:
@@ -147,6 +160,15 @@ def raise_for_status(status: int, data: bytes) -> Any:
         hint = parsed.get("hint") if isinstance(parsed.get("hint"), str) else None
     else:
         message, hint = str(parsed), None
+    if isinstance(parsed, dict) and parsed.get("type") == "InvalidKeyException":
+        # TorchServe answers a missing or wrong key with 400, not 401: say which key to send.
+        err = AuthenticationError(
+            f"The server answered {status}: {message}",
+            hint="Token authorization is on: pass the inference key (token=, key_file= pointing at "
+            "key_file.json in the server's runtime directory, or $CKPTSERVE_TOKEN).",
+        )
+        err.http_status, err.body = status, parsed  # type: ignore[attr-defined]
+        raise err
     if status >= 500 and status not in (503, 504):
         raise ServerReplyError(status, parsed, f"The server answered {status}: {message}")
     err = error_from_http(status, f"The server answered {status}: {message}", hint)

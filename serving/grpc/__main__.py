@@ -11,7 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from serving.errors import CkptServeError
+import grpc
+
+from serving.errors import CkptServeError, ConfigError
 from serving.grpc.oip_gateway import start_gateway
 from serving.grpc.upstream import TokenFile, TorchServeUpstream
 
@@ -32,8 +34,14 @@ async def _group_gone(pgid: int) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     tokens = TokenFile(Path(args.key_file)) if args.key_file else None
-    upstream = TorchServeUpstream(args.inference, args.management, tokens=tokens)
-    server, port = await start_gateway(args.listen, upstream, tokens=tokens)
+    cert = Path(args.tls_cert) if args.tls_cert else None
+    upstream = TorchServeUpstream(args.inference, args.management, tokens=tokens, tls_cert=cert)
+    credentials = None
+    if cert is not None:
+        if not args.tls_key:
+            raise ConfigError("--tls-cert needs --tls-key (the certificate's private key).")
+        credentials = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), cert.read_bytes())])
+    server, port = await start_gateway(args.listen, upstream, tokens=tokens, credentials=credentials)
     log.info("OIP v2 gRPC gateway on port %d, forwarding to TorchServe at %s", port, args.inference)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference", default="127.0.0.1:7070", help="TorchServe's gRPC inference API")
     parser.add_argument("--management", default="127.0.0.1:7071", help="TorchServe's gRPC management API")
     parser.add_argument("--key-file", help="TorchServe's key_file.json, when token authorization is on")
+    parser.add_argument("--tls-cert", help="PEM certificate: serve TLS, and reach TorchServe's TLS with it")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key")
     parser.add_argument("--watch-pgid", type=int, help="exit when this process group (TorchServe) is gone")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -237,14 +237,21 @@ def _response(
 
 
 async def start_gateway(
-    listen: str, upstream: TorchServeUpstream, *, tokens: TokenFile | None = None
+    listen: str,
+    upstream: TorchServeUpstream,
+    *,
+    tokens: TokenFile | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind ``listen`` ("host:port"; port 0 picks one) and start serving; returns the server and its port."""
     # so_reuseport off: a second gateway on a taken port must fail, not silently share it.
     server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(OipGateway(upstream, tokens=tokens), server)
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         raise ServerError(f"cannot listen on {listen}: {exc}", hint="choose a free port") from None
     await server.start()

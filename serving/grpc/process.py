@@ -18,6 +18,7 @@ import grpc
 import psutil
 
 from serving.errors import ServerError
+from serving.grpc.upstream import loopback_tls
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class GatewaySettings:
     runtime_dir: Path
     log_dir: Path
     key_file: Path | None = None  # TorchServe's key_file.json when token authorization is on
+    tls_cert: Path | None = None  # PEM certificate and key: the gateway serves TLS and reaches TorchServe's
+    tls_key: Path | None = None
     watch_pgid: int | None = None  # exit when TorchServe's process group is gone
 
     @property
@@ -81,6 +84,8 @@ class GatewayProcess:
         ]
         if s.key_file is not None:
             cmd += ["--key-file", str(s.key_file)]
+        if s.tls_cert is not None and s.tls_key is not None:
+            cmd += ["--tls-cert", str(s.tls_cert), "--tls-key", str(s.tls_key)]
         if s.watch_pgid is not None:
             cmd += ["--watch-pgid", str(s.watch_pgid)]
         with self.log_path.open("ab") as out:
@@ -101,7 +106,12 @@ class GatewayProcess:
     def _wait_listening(self, timeout_s: float) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.settings.endpoint) as channel:
+        if self.settings.tls_cert is None:
+            channel = grpc.insecure_channel(self.settings.endpoint)
+        else:
+            credentials, options = loopback_tls(self.settings.tls_cert)
+            channel = grpc.secure_channel(self.settings.endpoint, credentials, options=options)
+        with channel:
             ready = grpc.channel_ready_future(channel)
             while True:
                 if self._proc.poll() is not None:

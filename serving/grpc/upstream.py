@@ -13,6 +13,7 @@ from google.protobuf import empty_pb2
 from serving.errors import CkptServeError
 from serving.grpc.status import error_from_body, error_from_rpc
 from serving.protos import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
+from serving.tls import certificate_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ class TokenFile:
         return self._keys.get(api, "")
 
 
+def loopback_channel(target: str, tls_cert: Path | None) -> grpc.aio.Channel:
+    """A channel to TorchServe on this machine; with TLS on, it trusts exactly the served certificate."""
+    if tls_cert is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    credentials, options = loopback_tls(tls_cert)
+    return grpc.aio.secure_channel(target, credentials, options=[*CHANNEL_OPTIONS, *options])
+
+
+def loopback_tls(tls_cert: Path) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
+    """Credentials trusting ``tls_cert`` and, since the target is a loopback address, its own host name."""
+    name = certificate_name(tls_cert)
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.ssl_channel_credentials(root_certificates=tls_cert.read_bytes()), options
+
+
 class TorchServeUpstream:
     """Calls TorchServe's gRPC inference and management APIs over loopback.
 
@@ -55,11 +71,18 @@ class TorchServeUpstream:
     stopped TorchServe answers UNAVAILABLE at once instead of holding requests until their deadline.
     """
 
-    def __init__(self, inference: str, management: str, *, tokens: TokenFile | None = None) -> None:
+    def __init__(
+        self,
+        inference: str,
+        management: str,
+        *,
+        tokens: TokenFile | None = None,
+        tls_cert: Path | None = None,
+    ) -> None:
         self.inference_target, self.management_target = inference, management
         self.tokens = tokens
-        self._inference = grpc.aio.insecure_channel(inference, options=CHANNEL_OPTIONS)
-        self._management = grpc.aio.insecure_channel(management, options=CHANNEL_OPTIONS)
+        self._inference = loopback_channel(inference, tls_cert)
+        self._management = loopback_channel(management, tls_cert)
         inference_stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference)
         management_stub = management_pb2_grpc.ManagementAPIsServiceStub(self._management)
         self._predictions = inference_stub.Predictions

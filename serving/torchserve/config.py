@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import re
@@ -40,8 +41,20 @@ _OWNED_KEYS = frozenset(
         "metrics_mode",
         "disable_token_authorization",
         "ts_open_inference_protocol",
+        "certificate_file",
+        "private_key_file",
+        "enable_grpc_ssl",
+        "keystore",
     }
 )
+
+# TorchServe's keys expire after 60 minutes unless rotated through its /token API, and it cannot be
+# given a key: a server meant to run for weeks would lock every client out after an hour. The keys
+# are random per start and die with the process; `extra` may set a shorter life for those who rotate.
+_TOKEN_LIFETIME_MIN = str(10 * 365 * 24 * 60)
+
+# DER of the rsaEncryption algorithm identifier (1.2.840.113549.1.1.1): TorchServe reads keys as RSA only.
+_RSA_OID = bytes.fromhex("06092a864886f70d010101")
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,12 @@ class ServerSettings:
     grpc_management_port: int = 7071
     workers: int | None = None  # None: TorchServe's default, or minWorkers of each model-config.yaml
     job_queue_size: int | None = None
-    token_auth: bool = False
+    # None: on whenever an API listens beyond loopback (TorchServe's key_file.json holds the keys), off
+    # on loopback; False beyond loopback is an explicit opt-out (auth_warning() says what it opens).
+    token_auth: bool | None = None
+    # PEM certificate (chain) and PKCS#8 RSA key: HTTPS on every HTTP API and TLS on TorchServe's gRPC.
+    tls_cert: Path | None = None  # made absolute with the other paths below
+    tls_key: Path | None = None
     # TorchServe's own OIP mode adds a gRPC service under a non-standard package whose handler
     # contract differs (a wrong answer kills the worker); /v2/models/NAME/infer over HTTP works
     # without it, and ckptserve's gateway serves the standard OIP gRPC API. Off by default.
@@ -81,6 +99,9 @@ class ServerSettings:
         for name in ("model_store", "runtime_dir", "log_dir", "metrics_config", "log_config"):
             value = getattr(self, name)
             if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser().resolve())
+        for name in ("tls_cert", "tls_key"):
+            if (value := getattr(self, name)) is not None:
                 object.__setattr__(self, name, Path(value).expanduser().resolve())
         if self.log_dir is None:
             object.__setattr__(self, "log_dir", self.runtime_dir / "logs")
@@ -102,7 +123,33 @@ class ServerSettings:
 
     def http_url(self, port: int, host: str | None = None) -> str:
         host = host or self.host
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether every API listens on loopback only (nobody off this machine can connect)."""
+        return is_loopback(self.host) and is_loopback(self.management_host)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Token authorization as TorchServe will run it: on beyond loopback unless explicitly opted out."""
+        return self.token_auth if self.token_auth is not None else not self.loopback_only
+
+    def auth_warning(self) -> str | None:
+        """What an explicit opt-out of token authorization beyond loopback opens, or None."""
+        if self.auth_enabled or self.loopback_only:
+            return None
+        exposed = self.host if not is_loopback(self.host) else self.management_host
+        return (
+            f"token authorization is OFF while TorchServe listens on {exposed}: anyone who can reach "
+            "these ports can call every API there without a key. Allow only trusted networks in "
+            "(a firewall, a Kubernetes NetworkPolicy), or drop --no-token-auth."
+        )
 
     @property
     def ports(self) -> dict[str, int]:
@@ -164,6 +211,7 @@ class ServerSettings:
                     f"{name}: expected a file, found nothing at {path}.",
                     hint=f"Fix the path, or leave {name} unset to use the default.",
                 )
+        self._validate_tls()
         for key, value in self.extra.items():
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+", key):
                 raise ConfigError(f"extra: {key!r} is no TorchServe config.properties key.")
@@ -174,6 +222,33 @@ class ServerSettings:
                     f"extra[{key!r}]: this key is set from a typed setting, not from extra.",
                     hint="Set the matching ServerSettings field instead (ports, host, workers, ...).",
                 )
+
+    def _validate_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "tls_cert and tls_key: expected both (or neither), found only one.",
+                hint="Give the certificate with --tls-cert and its private key with --tls-key.",
+            )
+        if self.tls_cert is None or self.tls_key is None:
+            return
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if not path.is_file():
+                raise ConfigError(f"{name}: expected a PEM file, found nothing at {path}.")
+        if b"-----BEGIN CERTIFICATE-----" not in self.tls_cert.read_bytes():
+            raise ConfigError(f"tls_cert: expected a PEM certificate in {self.tls_cert}, found none.")
+        # TorchServe's HTTPS reads RSA keys only, and its gRPC server (grpc-java) PKCS#8 only.
+        key = self.tls_key.read_text(errors="replace")
+        body = re.search(r"-----BEGIN PRIVATE KEY-----(.*?)-----END PRIVATE KEY-----", key, re.S)
+        try:
+            der = base64.b64decode("".join(body.group(1).split())) if body else b""
+        except ValueError:
+            der = b""
+        if _RSA_OID not in der[:32]:
+            raise ConfigError(
+                f"tls_key: expected an unencrypted PKCS#8 RSA key ('BEGIN PRIVATE KEY') in {self.tls_key}.",
+                hint="TorchServe reads no other kind. Convert it: "
+                "openssl pkcs8 -topk8 -nocrypt -in KEY.pem -out KEY.pkcs8.pem (an RSA key).",
+            )
 
     def _validate_model_entry(self, entry: str) -> None:
         if entry == "ALL":
@@ -189,6 +264,16 @@ class ServerSettings:
                 f"models: {entry!r} names {target}, which is not in the model store {self.model_store}.",
                 hint="Build the archive into the model store first (ckptserve build / build_archive()).",
             )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; any other name may resolve beyond this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def model_names(entries: list[str]) -> list[str]:
@@ -266,8 +351,15 @@ def render_properties(settings: ServerSettings) -> str:
         "decode_input_request": "false",
         "ts_open_inference_protocol": "true" if settings.open_inference else "false",
     }
-    if not settings.token_auth:
+    if settings.auth_enabled:
+        props["token_expiration_min"] = _TOKEN_LIFETIME_MIN
+    else:
         props["disable_token_authorization"] = "true"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        # https:// in the addresses above turns HTTPS on; enable_grpc_ssl does it for both gRPC APIs.
+        props["certificate_file"] = str(settings.tls_cert)
+        props["private_key_file"] = str(settings.tls_key)
+        props["enable_grpc_ssl"] = "true"
     if settings.models:
         props["load_models"] = ",".join(settings.models)
     if settings.workers is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import ServerError
+from serving.tls import loopback_context
 from serving.torchserve.config import ServerSettings, model_names, render_properties
 from serving.torchserve.procgroup import (
     check_ports_free,
@@ -123,6 +124,8 @@ class TorchServeProcess:
             raise ServerError("This TorchServeProcess was already started; create a new one.")
         settings = self.settings
         settings.validate()
+        if (warning := settings.auth_warning()) is not None:
+            log.warning("%s", warning)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_live_server()
@@ -144,7 +147,7 @@ class TorchServeProcess:
         ]
         if settings.log_config is not None:
             cmd += ["--log-config", str(settings.log_config)]
-        if not settings.token_auth:
+        if not settings.auth_enabled:
             cmd.append("--disable-token-auth")
         if settings.models:
             cmd += ["--models", *settings.models]
@@ -330,10 +333,12 @@ class TorchServeProcess:
     def _get_json(self, path: str) -> object | None:
         """GET from the management API; None on 404."""
         request = urllib.request.Request(self.urls.management + path)
-        if self.settings.token_auth:
+        if self.settings.auth_enabled:
             request.add_header("Authorization", f"Bearer {self._management_key()}")
+        cert = self.settings.tls_cert
+        context = loopback_context(cert) if cert is not None else None
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
             if err.code == 404:
