@@ -118,10 +118,16 @@ USER 10001:10001
 EXPOSE 8080 7070 8001 8082
 
 # /ping answers 200 only when every model has its minimum workers ready. No curl in slim: python.
-# start-period covers the JVM start plus the first checkpoint load.
+# start-period covers the JVM start plus the first checkpoint load. On 0.0.0.0 token authorization is on
+# and TorchServe wants the inference key on /ping too: the check reads it from the server's runtime
+# directory (/tmp/ckptserve-UID, key_file.json, readable by this user only); with --no-token-auth there
+# is no key file and none is sent.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import json, os, sys, urllib.request as u; f = '/tmp/ckptserve-%d/key_file.json' % os.getuid(); h = {'Authorization': 'Bearer ' + json.load(open(f))['inference']['key']} if os.path.exists(f) else {}; sys.exit(0 if u.urlopen(u.Request('http://127.0.0.1:8080/ping', headers=h), timeout=4).status == 200 else 1)"]
 
+# Token authorization is on (0.0.0.0 is beyond loopback): clients send the inference key from
+# /tmp/ckptserve-10001/key_file.json (`docker exec ... cat` it). Append --no-token-auth to `docker run`
+# only where the network itself decides who connects (k8s/base/deployment.yaml does, and says why).
 # ckptserve stops TorchServe (and its workers) on SIGTERM and exits when TorchServe exits: PID 1 safe.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ckptserve", "serve", "--foreground", "--host", "0.0.0.0", "--model-store", "/models", "--models", "ALL"]

@@ -488,3 +488,18 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_heavy() -> None:
     ]
     assert [p for p in needed if _ignored(p, patterns)] == []
     assert [p for p in kept_out if not _ignored(p, patterns)] == []
+
+
+def test_token_auth_is_on_in_the_image_and_off_in_kubernetes_only_explicitly(
+    overlay: tuple[str, list[Doc]],
+) -> None:
+    """ckptserve turns token auth on beyond loopback; kubelet's httpGet /ping cannot send a key."""
+    name, docs = overlay
+    argv = json.loads([args for keyword, args in _final_stage() if keyword == "ENTRYPOINT"][-1])
+    assert "--no-token-auth" not in argv  # `docker run` keeps the secure default
+    health = [args for keyword, args in _final_stage() if keyword == "HEALTHCHECK"][-1]
+    assert "key_file.json" in health and "Authorization" in health
+    container = _container(_one(docs, "Deployment"))
+    assert "httpGet" in container["readinessProbe"]
+    assert "--no-token-auth" in container.get("args", []), f"{name}: probes would get 400 without a key"
+    assert _one(docs, "NetworkPolicy"), f"{name}: the opt-out relies on the NetworkPolicy"
