@@ -131,6 +131,9 @@ def test_https_management_needs_the_management_key_and_metrics_stay_open(secured
     # Deliberately open (SECURITY.md): Prometheus scrapes without a key, over the same TLS.
     status, body = curl(f"{urls.metrics}/metrics", *ca)
     assert status == 200 and b"ts_inference_requests_total" in body
+    # Also open (TorchServe describes its API before it checks keys): the API description, no model data.
+    status, body = curl(f"{urls.inference}/", *ca, "-X", "OPTIONS")
+    assert status == 200 and b'"openapi"' in body and b"digits" not in body
     # TorchServe asks for the inference key on /ping too: probes beyond loopback must send it.
     assert curl(f"{urls.inference}/ping", *ca)[0] == 400
     ping = curl(f"{urls.inference}/ping", *ca, "-H", f"Authorization: Bearer {secured.keys['inference']}")
