@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from serving.cli import main
 from serving.client.access import TOKEN_ENV, resolve_token
 from serving.errors import ConfigError, RequestError
+from serving.tls import certificate_name, loopback_context
 from serving.torchserve import ServerSettings, render_properties
 from tests.certificates import Pki, make_key, make_pki
 
@@ -116,3 +118,11 @@ def test_clients_take_the_key_from_the_flag_then_the_environment_then_the_key_fi
     monkeypatch.delenv(TOKEN_ENV)
     with pytest.raises(RequestError, match="inference key"):
         resolve_token(None, tmp_path / "missing.json")
+
+
+def test_loopback_tls_names_the_certificate_host(pki: Pki, tmp_path: Path) -> None:
+    # The gateway reaches TorchServe at 127.0.0.1 and checks the certificate against its own name.
+    assert certificate_name(pki.cert) == "localhost"
+    assert certificate_name(tmp_path / "missing.pem") is None
+    context = loopback_context(pki.cert)
+    assert not context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
