@@ -18,8 +18,8 @@ from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import read_checkpoint
 from serving.errors import CkptServeError
 from serving.loader import checkpoint_info, make_info, sha256_of
-from serving.reload.candidates import Candidate, Scanner
-from serving.reload.policy import rank
+from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner
+from serving.reload.policy import Ranking, rank_with_reasons
 from serving.reload.slot import ModelSlot
 from serving.spec import ModelSpec
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LoadFn = Callable[[Path, str], nn.Module]  # (checkpoint path, its sha256) -> validated-ready model
 EventFn = Callable[[str, float], None]  # (result: "success" | "rejected", seconds)
+_SHOWN_SKIPPED = 50  # describe lists this many skipped candidates; skipped_total counts them all
 
 
 @dataclass
@@ -50,6 +51,9 @@ class ReloadStatus:
     last_reload: dict[str, Any] | None = None
     last_rejected: Rejection | None = None
     recent_rejections: list[Rejection] = field(default_factory=list)
+    candidates: int = 0  # complete checkpoints at the last poll
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it is not served (at most _SHOWN)
+    skipped_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,9 +68,10 @@ class Reloader:
         self.watch_dir = spec.reload.watch_dir
         self._load = load
         self._on_event = on_event or (lambda result, seconds: None)
-        self._scanner = Scanner(self.watch_dir)
+        self._scanner = Scanner(self.watch_dir, follow_symlinks=spec.reload.follow_symlinks)
         self._rejected: dict[tuple[str, Any], Rejection] = {}  # (name, signature) -> why
         self._hashes: dict[tuple[str, Any], str] = {}
+        self._pin_reported: tuple[Any, str] | None = None  # (pin signature, problem) already reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.slot: ModelSlot | None = None
@@ -89,18 +94,23 @@ class Reloader:
         if self._unsettled(candidates):
             time.sleep(self.spec.reload.poll_interval_s)
             candidates = self._scanner.scan()
-        for candidate in rank(candidates, self.spec.reload):
+        ranking = self._rank(candidates)
+        for candidate in ranking.ordered:
             sha = self._sha(candidate)
             try:
                 model = self._load(candidate.path, sha)
                 sample_check(model)
-                return model
             except CkptServeError as err:
                 self._reject(candidate, sha, err.message)
+                continue
+            self._report_skipped(candidates, ranking, candidate)
+            return model
+        self._report_skipped(candidates, ranking, None)
         return None
 
     def _unsettled(self, candidates: list[Candidate]) -> bool:
-        seen = {c.name for c in candidates}
+        outside = {name for name, why in self._scanner.skipped.items() if why == OUTSIDE}
+        seen = {c.name for c in candidates} | outside
         try:
             names = {p.name for p in self.watch_dir.iterdir()}
         except OSError:
@@ -129,14 +139,17 @@ class Reloader:
     def poll_once(self) -> bool:
         """One poll: returns True if a new checkpoint is now served."""
         assert self.slot is not None
-        for candidate in rank(self._scanner.scan(), self.spec.reload):
-            if (candidate.name, candidate.signature) in self._rejected:
-                continue
-            sha = self._sha(candidate)
-            if sha == self.slot.info.sha256:
-                return False  # the policy's choice is already served
-            return self._reload(candidate, sha)
-        return False
+        candidates = self._scanner.scan()
+        ranking = self._rank(candidates)
+        served = next((c for c in ranking.ordered if (c.name, c.signature) not in self._rejected), None)
+        reloaded = False
+        if served is not None:
+            sha = self._sha(served)
+            # Same content as the served model: the policy's choice is already served.
+            reloaded = sha != self.slot.info.sha256 and self._reload(served, sha)
+        now = next((c for c in candidates if str(c.path) == self.slot.info.path), None)
+        self._report_skipped(candidates, ranking, now)
+        return reloaded
 
     def _reload(self, candidate: Candidate, sha: str) -> bool:
         assert self.slot is not None
@@ -191,6 +204,46 @@ class Reloader:
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
+    def _rank(self, candidates: list[Candidate]) -> Ranking:
+        ranking = rank_with_reasons(candidates, self.spec.reload)
+        pin = ranking.pin
+        if pin is not None and pin.problem:
+            self._report_pin(pin.signature, pin.problem)
+        elif pin is not None and not ranking.ordered:
+            name = pin.name or self.spec.reload.pinned
+            why = self._scanner.skipped.get(
+                str(name), "no complete checkpoint of that name is in the watch dir"
+            )
+            self._report_pin(pin.signature, f"The pin names {name!r}, which cannot be served: {why}.")
+        return ranking
+
+    def _report_pin(self, signature: Any, problem: str) -> None:
+        # One report per pin content: a bad pin is not re-reported at every poll.
+        if self._pin_reported == (signature, problem):
+            return
+        self._pin_reported = (signature, problem)
+        self._record(Rejection(str(self.watch_dir / PIN_FILE), "", problem, time.time()))
+        self._on_event("rejected", 0.0)
+
+    def _report_skipped(
+        self, candidates: list[Candidate], ranking: Ranking, served: Candidate | None
+    ) -> None:
+        """Why every complete checkpoint but the served one is not served, for describe."""
+        skipped = dict(self._scanner.skipped)
+        skipped.update(ranking.skipped)
+        for candidate in ranking.ordered:
+            rejection = self._rejected.get((candidate.name, candidate.signature))
+            if rejection is not None:
+                skipped[candidate.name] = f"rejected: {rejection.reason}"
+            elif served is not None and candidate.name != served.name:
+                skipped[candidate.name] = (
+                    f"policy {self.spec.reload.policy!r} prefers {served.name} ({ranking.explain(served)}) "
+                    f"to it ({ranking.explain(candidate)})"
+                )
+        self.status.candidates = len(candidates)
+        self.status.skipped_total = len(skipped)
+        self.status.skipped = dict(list(skipped.items())[:_SHOWN_SKIPPED])
+
     def _sha(self, candidate: Candidate) -> str:
         key = (candidate.name, candidate.signature)
         if key not in self._hashes:
@@ -200,10 +253,14 @@ class Reloader:
     def _reject(self, candidate: Candidate, sha: str, reason: str) -> None:
         rejection = Rejection(str(candidate.path), sha, reason, time.time())
         self._rejected[(candidate.name, candidate.signature)] = rejection
+        self._record(rejection)
+
+    def _record(self, rejection: Rejection) -> None:
         self.status.rejected += 1
         self.status.last_rejected = rejection
         self.status.recent_rejections = [*self.status.recent_rejections[-9:], rejection]
-        log.warning("reload: rejected %s (sha256 %s): %s", candidate.path, sha[:12], reason)
+        sha = rejection.sha256[:12] or "-"
+        log.warning("reload: rejected %s (sha256 %s): %s", rejection.path, sha, rejection.reason)
 
 
 _COPYABLE = (
