@@ -7,7 +7,6 @@ import logging
 import pickle
 import re
 import sys
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +96,13 @@ def read_metadata(path: str | Path, *, safe_globals: Iterable[str] = ()) -> dict
     path = Path(path)
     layout = detect_layout(path)
     if layout is Layout.SAFETENSORS:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            return {k: _number_or_text(v) for k, v in (handle.metadata() or {}).items()}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {k: _number_or_text(v) for k, v in (handle.metadata() or {}).items()}
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise _corrupt(path, exc) from None
     if layout is not Layout.TORCH_SAVE:
         return {}
     obj = _torch_load(path, layout, set(), trust_pickle=False, safe_globals=safe_globals)
@@ -141,15 +143,17 @@ def _torch_load(
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             raise _unsafe_error(path) from None
         raise _corrupt(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise _corrupt(path, exc) from None
-    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
-        # Only reachable with trust_pickle: the pickled class is not importable here.
+    except (AttributeError, ImportError) as exc:
+        if not trust_pickle:
+            raise _corrupt(path, exc) from None
+        # With trust_pickle: the pickled class is not importable here.
         raise ArchitectureError(
             f"{str(path)!r} holds a pickled object whose class cannot be imported ({type(exc).__name__}).",
             hint="A whole-model pickle needs its class importable under the same module path it was "
             "saved from; put that module on the path, or save model.state_dict() instead.",
         ) from None
+    except Exception as exc:  # damaged bytes make the unpickler raise assorted types (IndexError, ...)
+        raise _corrupt(path, exc) from None
 
 
 def _unsafe_error(path: Path) -> UnsafeCheckpointError:

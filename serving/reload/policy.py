@@ -21,6 +21,7 @@ class Ranking:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason it is not eligible
     explain: Callable[[Candidate], str] = lambda c: c.name  # what the policy ranked a candidate by
     pin: Pin | None = None  # for policy "pinned": the pin file as read (its problem, if any)
+    unmatched_pins: list[str] = field(default_factory=list)  # pinned names no candidate has
 
 
 def written_key(candidate: Candidate) -> tuple[float, float]:
@@ -75,12 +76,16 @@ def _best(candidates: Sequence[Candidate], spec: ReloadSpec) -> Ranking:
 
 def _pinned(candidates: Sequence[Candidate], spec: ReloadSpec) -> Ranking:
     pin = read_pin_file(spec.watch_dir) if spec.watch_dir else Pin()
-    # The pin file overrides the configured pin; an unusable pin file overrides nothing.
-    name = pin.name or spec.pinned
-    source = ".pin" if pin.name else "pinned:"
+    # The pin file overrides the configured pin; a pin file that cannot be used overrides nothing.
+    names = {c.name for c in candidates}
+    unmatched = [n for n in (pin.name, spec.pinned) if n is not None and n not in names]
+    name = pin.name if pin.name in names else spec.pinned
+    source = ".pin" if name == pin.name else "pinned:"
     ordered = [c for c in candidates if c.name == name]
     skipped = {c.name: f"not pinned (the pin names {name!r})" for c in candidates if c.name != name}
-    return Ranking(ordered, skipped, explain=lambda c: f"pinned by {source}", pin=pin)
+    return Ranking(
+        ordered, skipped, explain=lambda c: f"pinned by {source}", pin=pin, unmatched_pins=unmatched
+    )
 
 
 POLICIES: dict[str, Callable[[Sequence[Candidate], ReloadSpec], Ranking]] = {

@@ -207,14 +207,15 @@ class Reloader:
     def _rank(self, candidates: list[Candidate]) -> Ranking:
         ranking = rank_with_reasons(candidates, self.spec.reload)
         pin = ranking.pin
-        if pin is not None and pin.problem:
-            self._report_pin(pin.signature, pin.problem)
-        elif pin is not None and not ranking.ordered:
-            name = pin.name or self.spec.reload.pinned
-            why = self._scanner.skipped.get(
-                str(name), "no complete checkpoint of that name is in the watch dir"
-            )
-            self._report_pin(pin.signature, f"The pin names {name!r}, which cannot be served: {why}.")
+        if pin is None:
+            return ranking
+        problems = [pin.problem] if pin.problem else []
+        for name in ranking.unmatched_pins:
+            why = self._scanner.skipped.get(name, "no complete checkpoint of that name is in the watch dir")
+            where = ".pin" if name == pin.name else "pinned:"
+            problems.append(f"{where} names {name!r}, which cannot be served: {why}.")
+        if problems:
+            self._report_pin(pin.signature, " ".join(problems))
         return ranking
 
     def _report_pin(self, signature: Any, problem: str) -> None:
