@@ -141,12 +141,17 @@ class Reloader:
         assert self.slot is not None
         candidates = self._scanner.scan()
         ranking = self._rank(candidates)
-        served = next((c for c in ranking.ordered if (c.name, c.signature) not in self._rejected), None)
         reloaded = False
-        if served is not None:
-            sha = self._sha(served)
-            # Same content as the served model: the policy's choice is already served.
-            reloaded = sha != self.slot.info.sha256 and self._reload(served, sha)
+        # Best first; a rejected one gives way to the next, down to the one already served.
+        for candidate in ranking.ordered:
+            if (candidate.name, candidate.signature) in self._rejected:
+                continue
+            sha = self._sha(candidate)
+            if sha == self.slot.info.sha256:
+                break  # the policy's choice is already served
+            if self._reload(candidate, sha):
+                reloaded = True
+                break
         now = next((c for c in candidates if str(c.path) == self.slot.info.path), None)
         self._report_skipped(candidates, ranking, now)
         return reloaded
@@ -232,11 +237,18 @@ class Reloader:
         """Why every complete checkpoint but the served one is not served, for describe."""
         skipped = dict(self._scanner.skipped)
         skipped.update(ranking.skipped)
+        served_name = served.name if served is not None else None
+        above = True  # ranked before the served one: the policy prefers it
         for candidate in ranking.ordered:
+            if candidate.name == served_name:
+                above = False
+                continue
             rejection = self._rejected.get((candidate.name, candidate.signature))
             if rejection is not None:
                 skipped[candidate.name] = f"rejected: {rejection.reason}"
-            elif served is not None and candidate.name != served.name:
+            elif served is None or above:
+                skipped[candidate.name] = "not validated yet: tried at the next poll"
+            else:
                 skipped[candidate.name] = (
                     f"policy {self.spec.reload.policy!r} prefers {served.name} ({ranking.explain(served)}) "
                     f"to it ({ranking.explain(candidate)})"
