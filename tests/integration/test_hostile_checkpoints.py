@@ -101,7 +101,7 @@ def reload_status(server: TorchServeProcess, model: str) -> dict[str, Any]:
 def accounted(status: dict[str, Any]) -> dict[str, str]:
     """name -> why it is not served (rejections and skips), once the watcher has decided."""
     out = {Path(r["path"]).name: r["reason"] for r in status["recent_rejections"]}
-    out.update(status["skipped"])
+    out.update(status.get("skipped", {}))
     return {name: why for name, why in out.items() if not why.startswith("still being written")}
 
 
@@ -117,6 +117,13 @@ def test_hostile_files_never_run_and_never_replace_the_architecture(
     (staging / ".metadata").write_bytes(pickle.dumps(_Hostile(marker)))
     (staging / "__0_0.distcp").write_bytes(b"\0" * 64)
     staging.rename(watch / "model_epoch_3000")
+
+    def decided(names: set[str]) -> dict[str, str] | None:
+        reasons = accounted(reload_status(server, "guarded"))
+        return reasons if names <= set(reasons) else None
+
+    wait_for(lambda: decided({"model_epoch_3000"}), "the DCP directory rejected")
+    assert not marker.exists()  # the payload never ran
     # 9.2: TorchScript with its own forward and none of the architecture's weights.
     renamed_into(watch / "model_epoch_4000.pt", lambda p: torch.jit.save(torch.jit.script(_Foreign()), p))
     # 9.3/9.5: a link to a secret outside the watch dir, and a file whose bytes are a secret.
@@ -126,13 +133,7 @@ def test_hostile_files_never_run_and_never_replace_the_architecture(
     renamed_into(watch / "model_epoch_6000.pth", lambda p: p.write_text(SECRET * 8))
 
     names = {"model_epoch_3000", "model_epoch_4000.pt", "model_epoch_5000.pth", "model_epoch_6000.pth"}
-
-    def all_decided() -> dict[str, Any] | None:
-        status = reload_status(server, "guarded")
-        return status if names <= set(accounted(status)) else None
-
-    status = wait_for(all_decided, f"every hostile file rejected or skipped in describe: {names}")
-    reasons = accounted(status)
+    reasons = wait_for(lambda: decided(names), f"every hostile file rejected or skipped in describe: {names}")
     assert "would run code" in reasons["model_epoch_3000"]
     assert "its own code" in reasons["model_epoch_4000.pt"]
     assert "outside the watch dir" in reasons["model_epoch_5000.pth"]

@@ -155,10 +155,19 @@ def test_a_self_describing_file_never_replaces_the_architecture(reference: Refer
     assert isinstance(_error(load_model, SmallNet, tmp_path / "same_weights.pt"), ArchitectureMismatchError)
 
 
+class _Impostor(SmallNet):
+    """SmallNet's weights with other code: what a whole-model pickle can bring along."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 10)
+
+
 def test_a_trusted_whole_pickle_lends_only_its_weights_to_the_architecture(
     reference: Reference, tmp_path: Path
 ) -> None:
-    torch.save(reference.model, tmp_path / "whole.pth")
+    impostor = _Impostor()
+    impostor.load_state_dict(reference.model.state_dict())
+    torch.save(impostor.eval(), tmp_path / "whole.pth")
     model = load_model(SmallNet, tmp_path / "whole.pth", trust_pickle=True)
     assert type(model) is SmallNet  # the architecture's code, the file's weights
     with torch.no_grad():
