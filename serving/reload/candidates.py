@@ -24,6 +24,7 @@ _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".crdownl
 _NUMBER_IN_NAME = re.compile(r"(?:epoch|ep|step|iter)[_=\-]?(\d+)", re.IGNORECASE)
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 PIN_FILE = ".pin"  # hidden, so never a candidate itself: holds the pinned checkpoint's name
+NO_INDEX = "a directory without a DCP .metadata or a *.index.json: not a checkpoint, or still being written"
 OUTSIDE = "resolves outside the watch dir (a symlink); set follow_symlinks: true to serve such files"
 
 
@@ -111,9 +112,12 @@ class Scanner:
             except OSError:
                 continue  # deleted or renamed while we looked
             if signature is None:
+                if entry.is_dir():
+                    self.skipped[entry.name] = NO_INDEX
                 continue
             current[entry.name] = signature
             if not any(size for _, size, _, _ in signature.parts):
+                self.skipped[entry.name] = "empty (0 bytes): a save may be starting"
                 continue
             stable = self._previous.get(entry.name) == signature
             if not (atomic or stable or self._finished(entry, signature)):

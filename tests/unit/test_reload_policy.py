@@ -124,6 +124,11 @@ def test_highest_epoch_stays_available_and_says_why_it_skips(reference: Referenc
     torch.save(train_reference(seed=2).model.state_dict(), tmp_path / "model_new.pt")
     assert not started.reloader.poll_once() and started.served == "model_epoch_7.pth"
     assert "epoch none" in started.reloader.status.skipped["model_new.pt"]
+    (tmp_path / "model_epoch_8.pth").touch()
+    (tmp_path / "model_epoch_9").mkdir()
+    started.reloader.poll_once()
+    assert "empty" in started.reloader.status.skipped["model_epoch_8.pth"]
+    assert "without a DCP .metadata" in started.reloader.status.skipped["model_epoch_9"]
 
 
 # --- pins ------------------------------------------------------------------------------------------
@@ -196,3 +201,12 @@ def test_pin_contents_are_checked(tmp_path: Path, content: bytes, problem: str) 
     pin = read_pin_file(tmp_path)
     assert pin.name is None and pin.problem is not None and problem in pin.problem
     assert content.decode()[:12] not in pin.problem  # described, not quoted
+
+
+def test_follow_symlinks_is_a_validated_opt_in(tmp_path: Path) -> None:
+    from serving.errors import ConfigError
+
+    assert _spec(tmp_path).reload.follow_symlinks is False
+    assert _spec(tmp_path, follow_symlinks=True).reload.follow_symlinks is True
+    with pytest.raises(ConfigError, match="follow_symlinks must be true or false"):
+        _spec(tmp_path, follow_symlinks="yes")
