@@ -18,7 +18,7 @@ from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import read_checkpoint
 from serving.errors import CkptServeError
 from serving.loader import checkpoint_info, make_info, sha256_of
-from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner
+from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner, resolves_inside
 from serving.reload.policy import Ranking, rank_with_reasons
 from serving.reload.slot import ModelSlot
 from serving.spec import ModelSpec
@@ -96,6 +96,8 @@ class Reloader:
             candidates = self._scanner.scan()
         ranking = self._rank(candidates)
         for candidate in ranking.ordered:
+            if not self._contained(candidate):
+                continue
             sha = self._sha(candidate)
             try:
                 model = self._load(candidate.path, sha)
@@ -144,7 +146,7 @@ class Reloader:
         reloaded = False
         # Best first; a rejected one gives way to the next, down to the one already served.
         for candidate in ranking.ordered:
-            if (candidate.name, candidate.signature) in self._rejected:
+            if (candidate.name, candidate.signature) in self._rejected or not self._contained(candidate):
                 continue
             sha = self._sha(candidate)
             if sha == self.slot.info.sha256:
@@ -243,6 +245,8 @@ class Reloader:
             if candidate.name == served_name:
                 above = False
                 continue
+            if skipped.get(candidate.name) == OUTSIDE:  # swapped for a link since the scan
+                continue
             rejection = self._rejected.get((candidate.name, candidate.signature))
             if rejection is not None:
                 skipped[candidate.name] = f"rejected: {rejection.reason}"
@@ -256,6 +260,13 @@ class Reloader:
         self.status.candidates = len(candidates)
         self.status.skipped_total = len(skipped)
         self.status.skipped = dict(list(skipped.items())[:_SHOWN_SKIPPED])
+
+    def _contained(self, candidate: Candidate) -> bool:
+        # Checked again just before the file is read: it may have been swapped for a link since the scan.
+        if self.spec.reload.follow_symlinks or resolves_inside(candidate.path, self.watch_dir.resolve()):
+            return True
+        self._scanner.skipped[candidate.name] = OUTSIDE
+        return False
 
     def _sha(self, candidate: Candidate) -> str:
         key = (candidate.name, candidate.signature)
