@@ -52,7 +52,7 @@ class ReloadStatus:
     last_rejected: Rejection | None = None
     recent_rejections: list[Rejection] = field(default_factory=list)
     candidates: int = 0  # complete checkpoints at the last poll
-    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it is not served (at most _SHOWN)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it is not served (the first 50)
     skipped_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +154,16 @@ class Reloader:
             if self._reload(candidate, sha):
                 reloaded = True
                 break
-        now = next((c for c in candidates if str(c.path) == self.slot.info.path), None)
+        info = self.slot.info
+        # The served one: by path, or by content (the configured checkpoint may equal a watched file).
+        now = next(
+            (
+                c
+                for c in candidates
+                if str(c.path) == info.path or self._hashes.get((c.name, c.signature)) == info.sha256
+            ),
+            None,
+        )
         self._report_skipped(candidates, ranking, now)
         return reloaded
 
