@@ -105,11 +105,15 @@ def accounted(status: dict[str, Any]) -> dict[str, str]:
     return {name: why for name, why in out.items() if not why.startswith("still being written")}
 
 
-def test_hostile_files_never_run_and_never_replace_the_architecture(
+def decided(server: TorchServeProcess, names: set[str]) -> dict[str, str] | None:
+    reasons = accounted(reload_status(server, "guarded"))
+    return reasons if names <= set(reasons) else None
+
+
+def test_a_hostile_dcp_directory_never_runs(
     server: TorchServeProcess, trained: Trained, dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    watch, images = dirs["guarded"], trained.images[:4]
-    label, _ = predict(server, "guarded", images)
+    watch = dirs["guarded"]
     marker = tmp_path / "pwned"
     # 9.1: a directory named like a checkpoint, taken for DCP, whose .metadata runs a command.
     staging = watch / ".model_epoch_3000.tmp"
@@ -117,13 +121,16 @@ def test_hostile_files_never_run_and_never_replace_the_architecture(
     (staging / ".metadata").write_bytes(pickle.dumps(_Hostile(marker)))
     (staging / "__0_0.distcp").write_bytes(b"\0" * 64)
     staging.rename(watch / "model_epoch_3000")
+    reasons = wait_for(lambda: decided(server, {"model_epoch_3000"}), "the DCP directory rejected")
+    assert not marker.exists()  # the payload never ran, in the worker
+    assert "would run code" in reasons["model_epoch_3000"]
 
-    def decided(names: set[str]) -> dict[str, str] | None:
-        reasons = accounted(reload_status(server, "guarded"))
-        return reasons if names <= set(reasons) else None
 
-    wait_for(lambda: decided({"model_epoch_3000"}), "the DCP directory rejected")
-    assert not marker.exists()  # the payload never ran
+def test_foreign_code_is_never_served_and_secrets_never_quoted(
+    server: TorchServeProcess, trained: Trained, dirs: dict[str, Path]
+) -> None:
+    watch, images = dirs["guarded"], trained.images[:4]
+    label, _ = predict(server, "guarded", images)
     # 9.2: TorchScript with its own forward and none of the architecture's weights.
     renamed_into(watch / "model_epoch_4000.pt", lambda p: torch.jit.save(torch.jit.script(_Foreign()), p))
     # 9.3/9.5: a link to a secret outside the watch dir, and a file whose bytes are a secret.
@@ -132,13 +139,11 @@ def test_hostile_files_never_run_and_never_replace_the_architecture(
     (watch / "model_epoch_5000.pth").symlink_to(secret)
     renamed_into(watch / "model_epoch_6000.pth", lambda p: p.write_text(SECRET * 8))
 
-    names = {"model_epoch_3000", "model_epoch_4000.pt", "model_epoch_5000.pth", "model_epoch_6000.pth"}
-    reasons = wait_for(lambda: decided(names), f"every hostile file rejected or skipped in describe: {names}")
-    assert "would run code" in reasons["model_epoch_3000"]
+    names = {"model_epoch_4000.pt", "model_epoch_5000.pth", "model_epoch_6000.pth"}
+    reasons = wait_for(lambda: decided(server, names), f"every hostile file rejected or skipped: {names}")
     assert "its own code" in reasons["model_epoch_4000.pt"]
     assert "outside the watch dir" in reasons["model_epoch_5000.pth"]
     assert "not a checkpoint" in reasons["model_epoch_6000.pth"]
-    assert not marker.exists()
     assert SECRET[:8] not in json.dumps(describe(server, "guarded"))
     served, outputs = predict(server, "guarded", images)
     assert served == label  # still the architecture with its epoch-1 weights
