@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ from torch import nn
 
 from serving.architecture import ArchitectureLike, build, resolve_architecture
 from serving.checkpoints.keys import KeyAlignment, align_keys, fingerprint, shape_map
-from serving.checkpoints.layout import Layout
+from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.memory import materialize, privatize
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
 from serving.devices import DeviceLike, resolve_device
-from serving.errors import ArchitectureError, ConfigError
+from serving.errors import ArchitectureError, ArchitectureMismatchError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def load_model(
         factory = resolve_architecture(architecture, search_paths) if architecture is not None else None
         skeleton = _skeleton(factory, architecture_kwargs)
         expected = shape_map(skeleton.state_dict()) if skeleton is not None else None
+        if factory is not None:
+            refuse_own_code(path, architecture)
         contents = read_checkpoint(
             path,
             expected=expected,
@@ -115,6 +117,9 @@ def load_model(
             safe_globals=safe_globals,
             map_location=target,
         )
+        if contents.module is not None and factory is not None:
+            # A trusted whole-model pickle: with an architecture configured only its weights are used.
+            contents = replace(contents, state_dict=contents.module.state_dict(), module=None)
         if contents.module is not None:
             model, alignment = _self_described(contents, target, cast), None
         else:
@@ -138,6 +143,26 @@ def load_model(
         info.load_seconds,
     )
     return model
+
+
+def refuse_own_code(path: Path, architecture: Any) -> None:
+    """A model served from an architecture takes weights only: a file that carries code is refused unread."""
+    layout = detect_layout(path)
+    if layout.self_describing:
+        raise ArchitectureMismatchError(
+            f"{str(path)!r} is a {layout.value} archive: it carries its own code, and this model is "
+            f"served from the architecture {_arch_name(architecture)}, whose code alone runs.",
+            hint="Save the architecture's weights (serving.save_checkpoint, model.state_dict(), "
+            "safetensors or DCP); to serve self-describing files, configure the model without "
+            "an architecture.",
+        )
+
+
+def _arch_name(architecture: Any) -> str:
+    if isinstance(architecture, str):
+        return repr(architecture)
+    cls = architecture if isinstance(architecture, type) else type(architecture)
+    return f"'{cls.__module__}.{cls.__qualname__}'"
 
 
 def _skeleton(factory: Any, kwargs: Mapping[str, Any] | None) -> nn.Module | None:

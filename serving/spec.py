@@ -32,11 +32,12 @@ class ReloadSpec:
 
     watch_dir: Path | None = None
     poll_interval_s: float = 2.0
-    policy: Literal["latest", "best", "pinned"] = "latest"
+    policy: Literal["latest", "highest_epoch", "best", "pinned"] = "latest"
     metric: str = "loss"  # for policy "best": a metadata entry (loss, metrics.<name>, ...)
     mode: Literal["min", "max"] = "min"
     pinned: str | None = None  # for policy "pinned": a file name inside watch_dir
     strategy: Literal["shadow", "inplace"] = "shadow"
+    follow_symlinks: bool = False  # serve watched files that resolve outside watch_dir
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ _TOP_KEYS = {f.name for f in fields(ModelSpec)} - {"reload"} | {
     "mode",
     "pinned",
     "reload_strategy",
+    "follow_symlinks",
 }
 
 
@@ -169,7 +171,7 @@ def _reload(cfg: Mapping[str, Any], where: str, base: Path) -> ReloadSpec:
     if not isinstance(interval, (int, float)) or not math.isfinite(interval) or interval <= 0:
         raise ConfigError(f"{where}poll_interval_s must be a positive number of seconds, got {interval!r}.")
     choices = {
-        "policy": ("latest", "best", "pinned"),
+        "policy": ("latest", "highest_epoch", "best", "pinned"),
         "mode": ("min", "max"),
         "reload_strategy": ("shadow", "inplace"),
     }
@@ -190,6 +192,7 @@ def _reload(cfg: Mapping[str, Any], where: str, base: Path) -> ReloadSpec:
         mode=picked["mode"],
         pinned=pinned,
         strategy=picked["reload_strategy"],
+        follow_symlinks=_bool(cfg, "follow_symlinks", where, False),
     )
 
 

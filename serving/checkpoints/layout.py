@@ -62,8 +62,10 @@ def detect_layout(path: str | Path) -> Layout:
         return Layout.SAFETENSORS
     if head.startswith(_LEGACY_PICKLE_MAGIC):
         return Layout.TORCH_SAVE_LEGACY
+    # Never quote the bytes: the file may be a link to a secret (only its size is shown).
     raise NotACheckpointError(
-        f"{str(path)!r} is not a checkpoint ckptserve can read (first bytes: {head[:8]!r}).",
+        f"{str(path)!r} ({size} bytes) is not a checkpoint ckptserve can read: it starts like none "
+        "of the layouts it knows.",
         hint="Expected a torch.save file, safetensors, TorchScript, torch.export .pt2, "
         "or a DCP / sharded-safetensors directory.",
     )
@@ -75,8 +77,9 @@ def _detect_zip(path: Path) -> Layout:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise CorruptCheckpointError(
-            f"{str(path)!r} starts like a torch.save/TorchScript archive but cannot be read ({exc}); "
-            "it is truncated, still being written, or damaged.",
+            f"{str(path)!r} ({describe_file(path)}) starts like a torch.save/TorchScript archive but "
+            f"cannot be read as a zip ({type(exc).__name__}); it is truncated, still being written, "
+            "or damaged.",
             hint="Wait for the writer to finish, or save again (atomically: serving.save_checkpoint).",
         ) from exc
     # torch archives hold everything under one top folder: "<name>/data.pkl", "<name>/code/...".
@@ -122,12 +125,24 @@ def _detect_directory(path: Path) -> Layout:
     )
 
 
+def describe_file(path: Path) -> str:
+    """Size and kind of ``path`` for messages: never its content (it may be a link to a secret)."""
+    try:
+        return "a directory" if path.is_dir() else f"{path.stat().st_size} bytes"
+    except OSError:
+        return "unreadable"
+
+
 def read_json(path: Path) -> dict:
     """Read a small JSON side file (index, config) with a typed error on bad content."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CorruptCheckpointError(f"Cannot read {str(path)!r} as JSON: {exc}.") from exc
+        # The decoder's message may quote a byte of the file: name the failure only.
+        raise CorruptCheckpointError(
+            f"Cannot read {str(path)!r} ({describe_file(path)}) as a UTF-8 JSON object "
+            f"({type(exc).__name__})."
+        ) from None
     if not isinstance(data, dict):
         raise CorruptCheckpointError(f"{str(path)!r} should hold a JSON object, found {type(data).__name__}.")
     return data

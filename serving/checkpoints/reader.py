@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import pickle
-import warnings
-import zipfile
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from serving.checkpoints.layout import Layout, detect_layout, read_json
-from serving.checkpoints.selection import MODEL_KEYS, is_optimizer_like, jsonable_metadata, select_state_dict
+from serving.checkpoints.dcp import read_dcp
+from serving.checkpoints.layout import Layout, describe_file, detect_layout, read_json
+from serving.checkpoints.selection import jsonable_metadata, select_state_dict
 from serving.errors import (
     ArchitectureError,
     CheckpointError,
@@ -26,6 +27,7 @@ from serving.errors import (
 )
 
 log = logging.getLogger(__name__)
+_QUALIFIED_NAME = re.compile(r"[A-Za-z_][\w.]{0,200}")
 
 ShapeMap = Mapping[str, tuple[int, ...]]
 
@@ -64,6 +66,13 @@ def read_checkpoint(
     if layout is Layout.TORCHSCRIPT:
         return _read_torchscript(path, map_location)
     if layout is Layout.EXPORTED_PROGRAM:
+        if not trust_pickle:  # torch.export.load unpickles constants and weights with plain pickle
+            raise UnsafeCheckpointError(
+                f"{str(path)!r} is a torch.export archive; torch.export.load unpickles parts of it "
+                "with plain pickle, which runs code from the file.",
+                hint="If you trust the file, set trust_pickle: true (CLI: --trust-pickle); otherwise "
+                "serve the architecture with a state dict, or a TorchScript file.",
+            )
         return _read_exported_program(path, map_location)
     if layout is Layout.SAFETENSORS:
         tensors, meta = _read_safetensors_file(path)
@@ -87,10 +96,13 @@ def read_metadata(path: str | Path, *, safe_globals: Iterable[str] = ()) -> dict
     path = Path(path)
     layout = detect_layout(path)
     if layout is Layout.SAFETENSORS:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            return {k: _number_or_text(v) for k, v in (handle.metadata() or {}).items()}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {k: _number_or_text(v) for k, v in (handle.metadata() or {}).items()}
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise _corrupt(path, exc) from None
     if layout is not Layout.TORCH_SAVE:
         return {}
     obj = _torch_load(path, layout, set(), trust_pickle=False, safe_globals=safe_globals)
@@ -131,15 +143,17 @@ def _torch_load(
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             raise _unsafe_error(path) from None
         raise _corrupt(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise _corrupt(path, exc) from None
-    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
-        # Only reachable with trust_pickle: the pickled class is not importable here.
+    except (AttributeError, ImportError) as exc:
+        if not trust_pickle:
+            raise _corrupt(path, exc) from None
+        # With trust_pickle: the pickled class is not importable here.
         raise ArchitectureError(
-            f"{str(path)!r} holds a pickled object whose class cannot be imported: {exc}.",
+            f"{str(path)!r} holds a pickled object whose class cannot be imported ({type(exc).__name__}).",
             hint="A whole-model pickle needs its class importable under the same module path it was "
             "saved from; put that module on the path, or save model.state_dict() instead.",
         ) from None
+    except Exception as exc:  # damaged bytes make the unpickler raise assorted types (IndexError, ...)
+        raise _corrupt(path, exc) from None
 
 
 def _unsafe_error(path: Path) -> UnsafeCheckpointError:
@@ -147,6 +161,8 @@ def _unsafe_error(path: Path) -> UnsafeCheckpointError:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # the listing is best effort; the refusal stands regardless
         names = []
+    # Global names come from the file: show only ones shaped like dotted Python names.
+    names = [n for n in names if _QUALIFIED_NAME.fullmatch(n)]
     shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
     whole_model = any(_is_module_class(name) for name in names)
     what = "a whole pickled model (torch.save(model))" if whole_model else "pickled Python objects"
@@ -159,10 +175,9 @@ def _unsafe_error(path: Path) -> UnsafeCheckpointError:
 
 
 def _is_module_class(qualified: str) -> bool:
-    try:
-        obj = _import_global(qualified)
-    except ArchitectureError:
-        return False
+    # Only modules already imported: importing one a file names would run that module's code.
+    module_name, _, attr = qualified.rpartition(".")
+    obj = getattr(sys.modules.get(module_name), attr, None)
     return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
@@ -175,11 +190,20 @@ def _import_global(qualified: str) -> Any:
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Readers' messages may quote bytes of the file ("invalid load key, 'x'"), and the file may be a
+    # link to a secret: describe the file and the failure, never its content.
     return CorruptCheckpointError(
-        f"Cannot read {str(path)!r}: {detail[:300]}. The file is truncated, still being written, or damaged.",
+        f"Cannot read {str(path)!r} ({describe_file(path)}, {_layout_name(path)}): the reader failed "
+        f"({type(exc).__name__}). The file is truncated, still being written, or damaged.",
         hint="Wait for the writer to finish, or save it again (atomically: serving.save_checkpoint).",
     )
+
+
+def _layout_name(path: Path) -> str:
+    try:
+        return f"detected as {detect_layout(path).value}"
+    except CheckpointError:
+        return "of no known layout"
 
 
 def _interpret(
@@ -250,39 +274,8 @@ def _read_sharded_safetensors(path: Path) -> CheckpointContents:
 
 
 def _read_dcp(path: Path, *, expected: ShapeMap | None, state_dict_key: str | None) -> CheckpointContents:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    try:
-        reader = dcp.FileSystemReader(str(path))
-        entries = reader.read_metadata().state_dict_metadata
-    except Exception as exc:  # DCP raises assorted types for a damaged .metadata
-        raise _corrupt(path / ".metadata", exc) from None
-    shapes = {k: torch.Size(v.size) for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
-    dtypes = {k: v.properties.dtype for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
-    # DCP flattens {"model": sd, "optim": ...} into "model.<param>" keys: regroup by first segment.
-    groups: dict[str, dict[str, torch.Size]] = {}
-    for name, shape in shapes.items():
-        head, _, rest = name.partition(".")
-        groups.setdefault(head, {})[rest] = shape
-    nested = {k: v for k, v in groups.items() if not is_optimizer_like(k, v)}
-    # Saved as {"model": sd, ...} only if a model-like key (or the user's key) is at the top; else flat.
-    if state_dict_key or any(k in MODEL_KEYS for k in nested):
-        key = select_state_dict(nested, expected=expected, state_dict_key=state_dict_key, where=str(path))
-        wanted = {f"{key}.{n}": s for n, s in groups[key].items()}
-    else:
-        key = None
-        wanted = {n: s for n, s in shapes.items() if not is_optimizer_like(n.partition(".")[0], None)}
-    prefix = f"{key}." if key else ""
-    buffers = {n: torch.empty(s, dtype=dtypes[n]) for n, s in wanted.items()}
-    try:
-        with warnings.catch_warnings():  # "no process group, assuming one process": exactly our case
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(buffers, storage_reader=reader, no_dist=True)
-    except Exception as exc:
-        raise _corrupt(path, exc) from None
-    state_dict = {n[len(prefix) :]: t for n, t in buffers.items()}
-    meta = {"dcp_entries": len(entries)}
+    state_dict, key, entries = read_dcp(path, expected=expected, state_dict_key=state_dict_key)
+    meta = {"dcp_entries": entries}
     return CheckpointContents(path, Layout.DCP, "dcp", state_dict=state_dict, metadata=meta, source_key=key)
 
 

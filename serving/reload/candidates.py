@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import struct
 import zipfile
@@ -13,6 +14,7 @@ from typing import Any
 
 from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import read_metadata
+from serving.checkpoints.saver import METADATA_KEY
 from serving.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".crdownl
 _NUMBER_IN_NAME = re.compile(r"(?:epoch|ep|step|iter)[_=\-]?(\d+)", re.IGNORECASE)
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 PIN_FILE = ".pin"  # hidden, so never a candidate itself: holds the pinned checkpoint's name
+NO_INDEX = "a directory without a DCP .metadata or a *.index.json: not a checkpoint, or still being written"
+OUTSIDE = "resolves outside the watch dir (a symlink); set follow_symlinks: true to serve such files"
 
 
 def is_temporary(name: str) -> bool:
@@ -54,6 +58,14 @@ class Candidate:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def written_at(self) -> float:
+        """When training wrote it: save_checkpoint's ``saved_at``, else the file's modification time."""
+        saved_at = (self.metadata.get(METADATA_KEY) or {}).get("saved_at")
+        if isinstance(saved_at, (int, float)) and not isinstance(saved_at, bool) and math.isfinite(saved_at):
+            return float(saved_at)
+        return self.signature.mtime_ns / 1e9
+
 
 def _file_signature(path: Path, relative: str) -> tuple[tuple[str, int, int, int], int]:
     st = path.stat()
@@ -70,8 +82,10 @@ class Scanner:
     index is present and nothing in them changed across two polls.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, follow_symlinks: bool = False) -> None:
         self.directory = directory
+        self.follow_symlinks = follow_symlinks
+        self.skipped: dict[str, str] = {}  # name -> why the last scan did not count it
         self._previous: dict[str, Signature] = {}
         self._metadata: dict[tuple[str, Signature], tuple[int | None, dict[str, Any]]] = {}
         self._complete: dict[tuple[str, Signature], bool] = {}
@@ -79,25 +93,35 @@ class Scanner:
     def scan(self) -> list[Candidate]:
         current: dict[str, Signature] = {}
         complete: list[Candidate] = []
+        self.skipped = {}
         try:
             entries = sorted(self.directory.iterdir())
+            root = self.directory.resolve()
         except OSError as exc:
             log.warning("cannot list %s: %s", self.directory, exc)
             return []
         for entry in entries:
             if is_temporary(entry.name):
                 continue
+            if not self.follow_symlinks and not resolves_inside(entry, root):
+                # Checked before any byte is read: a link to /etc/shadow is never opened.
+                self.skipped[entry.name] = OUTSIDE
+                continue
             try:
                 signature, atomic = self._signature(entry)
             except OSError:
                 continue  # deleted or renamed while we looked
             if signature is None:
+                if entry.is_dir():
+                    self.skipped[entry.name] = NO_INDEX
                 continue
             current[entry.name] = signature
             if not any(size for _, size, _, _ in signature.parts):
+                self.skipped[entry.name] = "empty (0 bytes): a save may be starting"
                 continue
             stable = self._previous.get(entry.name) == signature
             if not (atomic or stable or self._finished(entry, signature)):
+                self.skipped[entry.name] = "still being written (waiting for it to be whole or unchanged)"
                 continue
             epoch, metadata = self._describe(entry, signature)
             complete.append(Candidate(entry, signature, epoch, metadata))
@@ -162,15 +186,17 @@ def is_whole_file(path: Path) -> bool:
     return False
 
 
+def resolves_inside(entry: Path, root: Path) -> bool:
+    """True when ``entry`` (and, for a directory, every file in it) resolves inside ``root``."""
+    try:
+        if not entry.resolve().is_relative_to(root):
+            return False
+        return not entry.is_dir() or all(p.resolve().is_relative_to(root) for p in entry.rglob("*"))
+    except (OSError, RuntimeError):  # a symlink loop, or deleted while we looked
+        return False
+
+
 def number_in_name(name: str) -> int | None:
     """The epoch/step number a file name carries: model_epoch_12.pth -> 12, ckpt-300.pt -> 300."""
     match = _NUMBER_IN_NAME.search(name) or _LAST_NUMBER.search(name)
     return int(match.group(1)) if match else None
-
-
-def read_pin(directory: Path) -> str | None:
-    """The checkpoint name in ``directory/.pin`` (written by ``ckptserve pin``), if any."""
-    try:
-        return (directory / PIN_FILE).read_text().strip() or None
-    except OSError:
-        return None

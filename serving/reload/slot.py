@@ -74,6 +74,53 @@ def check_forward(
     return tuple(out.shape)
 
 
+_OWN_CODE = ("torchscript", "exported_program", "pickled_module")  # kinds whose file brings the code
+
+
+def check_same_model(live: nn.Module, candidate: nn.Module) -> None:
+    """The candidate is the live model's kind: same code source, same keys, shapes and dtypes.
+
+    A model served from an architecture only takes weights loaded into it; a self-describing model
+    (TorchScript, torch.export, a trusted pickle) only takes a file of its own layout.
+    """
+    old, new = _info(live), _info(candidate)
+    if (old.kind in _OWN_CODE or new.kind in _OWN_CODE) and (old.layout, old.kind) != (new.layout, new.kind):
+        raise CandidateRejected(
+            f"The candidate is a {new.layout} file ({new.kind}); the served model is {old.layout} "
+            f"({old.kind}). "
+            "A reload swaps weights of the same model, never its code."
+        )
+    if _qualname(live) != _qualname(candidate):
+        raise CandidateRejected(
+            f"The candidate is a {_qualname(candidate)}; the served model a {_qualname(live)}."
+        )
+    want, got = _signature(live), _signature(candidate)
+    if want != got:
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        changed = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        raise CandidateRejected(
+            "The candidate's weights differ from the served model's: "
+            f"{len(missing)} missing, {len(extra)} unexpected, {len(changed)} of another shape or dtype"
+            f" (first: {(missing + extra + changed)[0]!r})."
+        )
+
+
+def _info(model: nn.Module) -> CheckpointInfo:
+    info = getattr(model, INFO_ATTRIBUTE, None)
+    if isinstance(info, CheckpointInfo):
+        return info
+    # A model built in-process (tests, a library caller): its own code, like an architecture's.
+    return CheckpointInfo("", "in_process", "in_process", "", 0, "", "", "", 0.0)
+
+
+def _qualname(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def _signature(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items() if torch.is_tensor(v)}
+
+
 class ModelSlot:
     """Holds the served model. Batches take it with ``use()``; reloads replace it with ``swap`` or
     ``copy_in``. A batch always finishes on the model it started with.
@@ -101,6 +148,7 @@ class ModelSlot:
     # --- shadow: a second model is loaded beside the live one, validated, then swapped in ----------
 
     def validate(self, candidate: nn.Module) -> None:
+        check_same_model(self._model, candidate)
         check_weights_finite(candidate.state_dict())
         check_forward(candidate, candidate, self._sample, self.output_shape)
 

@@ -18,8 +18,8 @@ from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import read_checkpoint
 from serving.errors import CkptServeError
 from serving.loader import checkpoint_info, make_info, sha256_of
-from serving.reload.candidates import Candidate, Scanner
-from serving.reload.policy import rank
+from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner, resolves_inside
+from serving.reload.policy import Ranking, rank_with_reasons
 from serving.reload.slot import ModelSlot
 from serving.spec import ModelSpec
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LoadFn = Callable[[Path, str], nn.Module]  # (checkpoint path, its sha256) -> validated-ready model
 EventFn = Callable[[str, float], None]  # (result: "success" | "rejected", seconds)
+_SHOWN_SKIPPED = 50  # describe lists this many skipped candidates; skipped_total counts them all
 
 
 @dataclass
@@ -50,6 +51,9 @@ class ReloadStatus:
     last_reload: dict[str, Any] | None = None
     last_rejected: Rejection | None = None
     recent_rejections: list[Rejection] = field(default_factory=list)
+    candidates: int = 0  # complete checkpoints at the last poll
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it is not served (the first 50)
+    skipped_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,9 +68,10 @@ class Reloader:
         self.watch_dir = spec.reload.watch_dir
         self._load = load
         self._on_event = on_event or (lambda result, seconds: None)
-        self._scanner = Scanner(self.watch_dir)
+        self._scanner = Scanner(self.watch_dir, follow_symlinks=spec.reload.follow_symlinks)
         self._rejected: dict[tuple[str, Any], Rejection] = {}  # (name, signature) -> why
         self._hashes: dict[tuple[str, Any], str] = {}
+        self._pin_reported: tuple[Any, str] | None = None  # (pin signature, problem) already reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.slot: ModelSlot | None = None
@@ -89,18 +94,25 @@ class Reloader:
         if self._unsettled(candidates):
             time.sleep(self.spec.reload.poll_interval_s)
             candidates = self._scanner.scan()
-        for candidate in rank(candidates, self.spec.reload):
+        ranking = self._rank(candidates)
+        for candidate in ranking.ordered:
+            if not self._contained(candidate):
+                continue
             sha = self._sha(candidate)
             try:
                 model = self._load(candidate.path, sha)
                 sample_check(model)
-                return model
             except CkptServeError as err:
                 self._reject(candidate, sha, err.message)
+                continue
+            self._report_skipped(candidates, ranking, candidate)
+            return model
+        self._report_skipped(candidates, ranking, None)
         return None
 
     def _unsettled(self, candidates: list[Candidate]) -> bool:
-        seen = {c.name for c in candidates}
+        outside = {name for name, why in self._scanner.skipped.items() if why == OUTSIDE}
+        seen = {c.name for c in candidates} | outside
         try:
             names = {p.name for p in self.watch_dir.iterdir()}
         except OSError:
@@ -129,14 +141,31 @@ class Reloader:
     def poll_once(self) -> bool:
         """One poll: returns True if a new checkpoint is now served."""
         assert self.slot is not None
-        for candidate in rank(self._scanner.scan(), self.spec.reload):
-            if (candidate.name, candidate.signature) in self._rejected:
+        candidates = self._scanner.scan()
+        ranking = self._rank(candidates)
+        reloaded = False
+        # Best first; a rejected one gives way to the next, down to the one already served.
+        for candidate in ranking.ordered:
+            if (candidate.name, candidate.signature) in self._rejected or not self._contained(candidate):
                 continue
             sha = self._sha(candidate)
             if sha == self.slot.info.sha256:
-                return False  # the policy's choice is already served
-            return self._reload(candidate, sha)
-        return False
+                break  # the policy's choice is already served
+            if self._reload(candidate, sha):
+                reloaded = True
+                break
+        info = self.slot.info
+        # The served one: by path, or by content (the configured checkpoint may equal a watched file).
+        now = next(
+            (
+                c
+                for c in candidates
+                if str(c.path) == info.path or self._hashes.get((c.name, c.signature)) == info.sha256
+            ),
+            None,
+        )
+        self._report_skipped(candidates, ranking, now)
+        return reloaded
 
     def _reload(self, candidate: Candidate, sha: str) -> bool:
         assert self.slot is not None
@@ -191,6 +220,63 @@ class Reloader:
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
+    def _rank(self, candidates: list[Candidate]) -> Ranking:
+        ranking = rank_with_reasons(candidates, self.spec.reload)
+        pin = ranking.pin
+        if pin is None:
+            return ranking
+        problems = [pin.problem] if pin.problem else []
+        for name in ranking.unmatched_pins:
+            why = self._scanner.skipped.get(name, "no complete checkpoint of that name is in the watch dir")
+            where = ".pin" if name == pin.name else "pinned:"
+            problems.append(f"{where} names {name!r}, which cannot be served: {why}.")
+        if problems:
+            self._report_pin(pin.signature, " ".join(problems))
+        return ranking
+
+    def _report_pin(self, signature: Any, problem: str) -> None:
+        # One report per pin content: a bad pin is not re-reported at every poll.
+        if self._pin_reported == (signature, problem):
+            return
+        self._pin_reported = (signature, problem)
+        self._record(Rejection(str(self.watch_dir / PIN_FILE), "", problem, time.time()))
+        self._on_event("rejected", 0.0)
+
+    def _report_skipped(
+        self, candidates: list[Candidate], ranking: Ranking, served: Candidate | None
+    ) -> None:
+        """Why every complete checkpoint but the served one is not served, for describe."""
+        skipped = dict(self._scanner.skipped)
+        skipped.update(ranking.skipped)
+        served_name = served.name if served is not None else None
+        above = True  # ranked before the served one: the policy prefers it
+        for candidate in ranking.ordered:
+            if candidate.name == served_name:
+                above = False
+                continue
+            if skipped.get(candidate.name) == OUTSIDE:  # swapped for a link since the scan
+                continue
+            rejection = self._rejected.get((candidate.name, candidate.signature))
+            if rejection is not None:
+                skipped[candidate.name] = f"rejected: {rejection.reason}"
+            elif served is None or above:
+                skipped[candidate.name] = "not validated yet: tried at the next poll"
+            else:
+                skipped[candidate.name] = (
+                    f"policy {self.spec.reload.policy!r} prefers {served.name} ({ranking.explain(served)}) "
+                    f"to it ({ranking.explain(candidate)})"
+                )
+        self.status.candidates = len(candidates)
+        self.status.skipped_total = len(skipped)
+        self.status.skipped = dict(list(skipped.items())[:_SHOWN_SKIPPED])
+
+    def _contained(self, candidate: Candidate) -> bool:
+        # Checked again just before the file is read: it may have been swapped for a link since the scan.
+        if self.spec.reload.follow_symlinks or resolves_inside(candidate.path, self.watch_dir.resolve()):
+            return True
+        self._scanner.skipped[candidate.name] = OUTSIDE
+        return False
+
     def _sha(self, candidate: Candidate) -> str:
         key = (candidate.name, candidate.signature)
         if key not in self._hashes:
@@ -200,10 +286,14 @@ class Reloader:
     def _reject(self, candidate: Candidate, sha: str, reason: str) -> None:
         rejection = Rejection(str(candidate.path), sha, reason, time.time())
         self._rejected[(candidate.name, candidate.signature)] = rejection
+        self._record(rejection)
+
+    def _record(self, rejection: Rejection) -> None:
         self.status.rejected += 1
         self.status.last_rejected = rejection
         self.status.recent_rejections = [*self.status.recent_rejections[-9:], rejection]
-        log.warning("reload: rejected %s (sha256 %s): %s", candidate.path, sha[:12], reason)
+        sha = rejection.sha256[:12] or "-"
+        log.warning("reload: rejected %s (sha256 %s): %s", rejection.path, sha, rejection.reason)
 
 
 _COPYABLE = (

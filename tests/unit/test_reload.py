@@ -11,7 +11,7 @@ import torch
 
 from serving import checkpoint_info, load_model, save_checkpoint
 from serving.reload import ModelSlot, Reloader, Scanner, number_in_name, rank, sample_input
-from serving.reload.candidates import read_pin
+from serving.reload.pin import read_pin
 from serving.spec import ReloadSpec, parse_spec
 from tests.assets.archs import SmallNet
 from tests.conftest import Reference, train_reference
@@ -114,7 +114,7 @@ def test_latest_best_and_pinned(reference: Reference, tmp_path: Path) -> None:
         },
     )
     names = lambda ranked: [c.name for c in ranked]  # noqa: E731
-    assert names(rank(found, ReloadSpec(tmp_path, policy="latest"))) == ["b.pth", "c.pth", "a.pth"]
+    assert names(rank(found, ReloadSpec(tmp_path, policy="highest_epoch"))) == ["b.pth", "c.pth", "a.pth"]
     assert names(rank(found, ReloadSpec(tmp_path, policy="best", metric="loss"))) == [
         "c.pth",
         "a.pth",
@@ -213,8 +213,8 @@ def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp
     slot.validate(newer)
     slot.swap(newer)
     assert in_flight is not slot.model and checkpoint_info(in_flight).epoch == 1
-    with pytest.raises(Exception, match="shape"):
-        slot.validate(torch.nn.Linear(64, 3))  # a model whose output shape differs is refused
+    with pytest.raises(Exception, match="the served model"):
+        slot.validate(torch.nn.Linear(64, 3))  # another model (other class, weights, output) is refused
 
 
 def test_ckptserve_pin_writes_the_pin_atomically(reference: Reference, tmp_path: Path) -> None:

@@ -1,0 +1,182 @@
+"""Read torch.distributed.checkpoint directories without handing their bytes to a plain unpickler.
+
+DCP's own ``FileSystemReader.read_metadata`` unpickles ``.metadata`` with ``pickle.load``: a hostile
+file runs code. Here ``.metadata`` goes through an unpickler that resolves only DCP's metadata
+classes and the few torch values they hold; every data file it names must lie inside the
+directory; and only tensors are read (DCP reads non-tensor entries with ``torch.load(weights_only=False)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serving.checkpoints.selection import MODEL_KEYS, is_optimizer_like, select_state_dict
+from serving.errors import CorruptCheckpointError, UnsafeCheckpointError
+
+_METADATA_NAMES = frozenset(
+    {
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    }
+)
+# module -> names the unpickler may resolve; torch's dtypes, layouts and memory formats are
+# checked by type below instead of listed.
+_ALLOWED: dict[str, frozenset[str]] = {
+    "torch.distributed.checkpoint.metadata": _METADATA_NAMES,
+    "torch.distributed.checkpoint.filesystem": frozenset({"_StorageInfo"}),
+    "torch.serialization": frozenset({"_get_layout"}),
+    "torch": frozenset({"Size"}),
+    # StorageMeta.checkpoint_id is the path DCP saved to: building a path object touches no file.
+    "pathlib": frozenset({"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}),
+    "collections": frozenset({"OrderedDict"}),
+}
+_TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
+_MAX_METADATA_BYTES = 256 << 20
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves DCP's metadata classes and nothing else: any other global is refused unread."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _ALLOWED.get(module, ()):
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError("global outside the DCP metadata allowlist")
+
+
+def read_dcp_metadata(directory: Path) -> Any:
+    """The ``Metadata`` of a DCP directory, read with the allow-listed unpickler."""
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    path = directory / ".metadata"
+    size = path.stat().st_size
+    if size > _MAX_METADATA_BYTES:
+        raise CorruptCheckpointError(
+            f"{str(path)!r} has {size} bytes; a DCP .metadata file of a model is far smaller.",
+            hint="Point ckptserve at a DCP checkpoint directory written by torch.distributed.checkpoint.",
+        )
+    try:
+        with path.open("rb") as fh:
+            metadata = _MetadataUnpickler(io.BytesIO(fh.read())).load()
+    except pickle.UnpicklingError as exc:
+        if "allowlist" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{str(path)!r} ({size} bytes) is not the metadata of a torch.distributed.checkpoint: "
+                "it references Python objects outside DCP's metadata classes; loading it would run code.",
+                hint="Write DCP checkpoints with torch.distributed.checkpoint.save; never copy "
+                "untrusted .metadata files into the watched directory.",
+            ) from None
+        raise _unreadable(path, size, exc) from None
+    except Exception as exc:  # damaged pickles raise assorted types
+        raise _unreadable(path, size, exc) from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise CorruptCheckpointError(
+            f"{str(path)!r} ({size} bytes) holds a {type(metadata).__name__}, not DCP metadata.",
+            hint="Point ckptserve at a directory written by torch.distributed.checkpoint.save.",
+        )
+    if getattr(metadata, "storage_meta", None) is None:
+        metadata.storage_meta = StorageMeta()
+    _check_data_files(directory, metadata)
+    return metadata
+
+
+def _unreadable(path: Path, size: int, exc: BaseException) -> CorruptCheckpointError:
+    # The exception text may quote bytes of the file: name its type only.
+    return CorruptCheckpointError(
+        f"{str(path)!r} ({size} bytes) cannot be read as DCP metadata ({type(exc).__name__}); "
+        "it is truncated, still being written, or damaged.",
+        hint="Wait for the writer to finish, or save it again with torch.distributed.checkpoint.save.",
+    )
+
+
+def _check_data_files(directory: Path, metadata: Any) -> None:
+    # DCP opens directory / relative_path: a crafted "../" would read a file elsewhere.
+    root = directory.resolve()
+    storage = metadata.storage_data if isinstance(metadata.storage_data, dict) else {}
+    for info in storage.values():
+        relative = getattr(info, "relative_path", None)
+        target = (directory / str(relative)).resolve() if isinstance(relative, str) else None
+        if target is None or not target.is_relative_to(root) or not target.is_file():
+            raise CorruptCheckpointError(
+                f"The DCP metadata of {str(directory)!r} names a data file that is not a file inside "
+                "that directory.",
+                hint="Copy the whole DCP directory, as torch.distributed.checkpoint.save wrote it.",
+            )
+
+
+def _reader(directory: Path) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    class SafeReader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata = read_dcp_metadata(directory)
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(directory))
+
+
+def _planner() -> Any:
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class TensorsOnly(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            # DCP would torch.load(weights_only=False) these bytes; we never ask for them.
+            raise UnsafeCheckpointError("ckptserve reads only tensors from a DCP checkpoint.")
+
+    return TensorsOnly()
+
+
+def read_dcp(
+    path: Path, *, expected: Any, state_dict_key: str | None
+) -> tuple[dict[str, torch.Tensor], str | None, int]:
+    """(state dict, the top-level entry that held it or None, number of DCP entries)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    entries = read_dcp_metadata(path).state_dict_metadata
+    tensors = {k: v for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
+    shapes = {k: torch.Size(v.size) for k, v in tensors.items()}
+    dtypes = {k: v.properties.dtype for k, v in tensors.items()}
+    # DCP flattens {"model": sd, "optim": ...} into "model.<param>" keys: regroup by first segment.
+    groups: dict[str, dict[str, torch.Size]] = {}
+    for name, shape in shapes.items():
+        head, _, rest = name.partition(".")
+        groups.setdefault(head, {})[rest] = shape
+    nested = {k: v for k, v in groups.items() if not is_optimizer_like(k, v)}
+    # Saved as {"model": sd, ...} only if a model-like key (or the user's key) is at the top; else flat.
+    if state_dict_key or any(k in MODEL_KEYS for k in nested):
+        key = select_state_dict(nested, expected=expected, state_dict_key=state_dict_key, where=str(path))
+        wanted = {f"{key}.{n}": s for n, s in groups[key].items()}
+    else:
+        key = None
+        wanted = {n: s for n, s in shapes.items() if not is_optimizer_like(n.partition(".")[0], None)}
+    prefix = f"{key}." if key else ""
+    try:
+        buffers = {n: torch.empty(s, dtype=dtypes[n]) for n, s in wanted.items()}
+        with warnings.catch_warnings():  # "no process group, assuming one process": exactly our case
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(buffers, storage_reader=_reader(path), planner=_planner(), no_dist=True)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"Cannot read the tensors of the DCP checkpoint {str(path)!r} ({type(exc).__name__}); "
+            "a data file is truncated, still being written, or damaged.",
+            hint="Wait for the writer to finish, or save it again with torch.distributed.checkpoint.save.",
+        ) from None
+    return {n[len(prefix) :]: t for n, t in buffers.items()}, key, len(entries)
