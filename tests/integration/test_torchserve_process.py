@@ -305,7 +305,9 @@ def test_a_model_that_cannot_load_fails_fast_with_the_handler_message(store: Pat
         started = time.monotonic()
         with pytest.raises(ServerError) as caught:
             ts.wait_ready(["broken"], timeout_s=120)
-        assert time.monotonic() - started < 20
+        # Far inside the 120 s budget: the first failed attempt's marker line ended the wait, not the
+        # deadline (a wide margin: this 2-core machine can be loaded by other tests).
+        assert time.monotonic() - started < 60
         assert f"Model 'broken' failed to load: {BROKEN_MESSAGE}" in str(caught.value)
         # No marker line: the worker's traceback says what went wrong.
         with pytest.raises(ServerError, match=f"'crashing' failed to load: ValueError: {CRASH_MESSAGE}"):
