@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import ServerError
-from serving.torchserve.config import ServerSettings, model_names, render_properties
+from serving.torchserve.config import ServerSettings, archive_entries, model_names, render_properties
 from serving.torchserve.procgroup import (
     check_ports_free,
     find_java,
@@ -33,6 +32,7 @@ from serving.torchserve.state import (
     ServerUrls,
     urls_for,
 )
+from serving.torchserve.status import management_get, registered_models
 from serving.torchserve.worker_log import LoadFailure, WorkerLogScanner
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class TorchServeProcess:
         if not settings.token_auth:
             cmd.append("--disable-token-auth")
         if settings.models:
-            cmd += ["--models", *settings.models]
+            cmd += ["--models", *archive_entries(settings.models, settings.model_store)]
 
         env = dict(os.environ)
         # TS_CONFIG_FILE would silently win over --ts-config in TorchServe's wrapper.
@@ -316,35 +316,14 @@ class TorchServeProcess:
             return None  # not listening yet, or answering garbage while it starts
 
     def _registered_models(self) -> list[str]:
-        names: list[str] = []
-        token = ""
-        while True:
-            page = self._get_json(f"/models?limit=100{'&next_page_token=' + token if token else ''}")
-            if page is None:
-                return names
-            names += [m["modelName"] for m in page.get("models", [])]
-            token = page.get("nextPageToken") or ""
-            if not token:
-                return names
+        return registered_models(self.urls.management, self._key_file_if_auth())
 
     def _get_json(self, path: str) -> object | None:
         """GET from the management API; None on 404."""
-        request = urllib.request.Request(self.urls.management + path)
-        if self.settings.token_auth:
-            request.add_header("Authorization", f"Bearer {self._management_key()}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            if err.code == 404:
-                return None
-            raise
+        return management_get(self.urls.management, path, self._key_file_if_auth())
 
-    def _management_key(self) -> str:
-        try:
-            return str(json.loads(self.key_file.read_text())["management"]["key"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise OSError(f"no management key yet in {self.key_file}") from exc
+    def _key_file_if_auth(self) -> Path | None:
+        return self.key_file if self.settings.token_auth else None
 
     # --- stop -----------------------------------------------------------------------------------
 
