@@ -98,14 +98,15 @@ class Serve:
 def start_serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
-    def start(store: Path, *extra: str, models: str = "digits") -> Serve:
+    def start(store: Path, *extra: str, models: str = "digits=digits.mar", foreground: bool = True) -> Serve:
         runtime_dir = tmp_path / f"rt{len(started)}"
         ports, oip_port, tag = free_ports(), free_port(), uuid.uuid4().hex
         flags = [arg for name, port in ports.items() for arg in (_FLAGS[name], str(port))]
         console = (tmp_path / f"{runtime_dir.name}.console").open("w")
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "serving", "serve", "--foreground", "--model-store", str(store)),
+                *(sys.executable, "-m", "serving", "serve", "--model-store", str(store)),
+                *(["--foreground"] if foreground else []),
                 *("--models", models, "--runtime-dir", str(runtime_dir), "--oip-grpc-port", str(oip_port)),
                 *flags,
                 *extra,
@@ -158,13 +159,33 @@ def predict_http(serve: Serve, images: torch.Tensor) -> tuple[int, dict[str, str
     return http(f"{serve.inference}/predictions/digits", predict_json(images).encode())
 
 
-# --- items 1, 4, 6: serve by NAME, find the server without ports, status, a clean stop ---------------
+# --- item 1: --models NAME ------------------------------------------------------------------------
 
 
-def test_serve_by_name_predict_status_and_a_clean_stop(
+def test_serve_models_by_bare_name(start_serve: Callable[..., Serve], store: Path, trained: Trained) -> None:
+    serve = start_serve(store, models="digits", foreground=False)  # a bare NAME, as --help offers
+    assert serve.proc.wait(START_TIMEOUT_S) == 0, serve.output()
+    assert serve.printed("running in the background"), serve.output()
+    code, _, body = predict_http(serve, trained.images[:2])
+    assert code == 200, body
+    stopped = ckptserve("stop", "--runtime-dir", str(serve.runtime_dir))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert wait_for("every process to exit", lambda: not serve.processes(), GONE_WITHIN_S)
+
+
+def test_an_unknown_model_name_is_refused_before_start(tmp_path: Path, store: Path) -> None:
+    run = ckptserve("serve", "--model-store", str(store), "--models", "digts", "--runtime-dir", str(tmp_path))
+    assert run.returncode == 2
+    assert "digts.mar" in run.stderr and "digits.mar" in run.stderr, run.stderr
+
+
+# --- items 4 and 6: find the server without ports, status, a clean stop ------------------------------
+
+
+def test_predict_and_status_find_the_server_and_stop_is_clean(
     start_serve: Callable[..., Serve], store: Path, trained: Trained
 ) -> None:
-    serve = start_serve(store, models="digits")  # a bare NAME, as --help offers
+    serve = start_serve(store)
     up(serve)
     rt = str(serve.runtime_dir)
 
@@ -192,12 +213,6 @@ def test_serve_by_name_predict_status_and_a_clean_stop(
     assert serve.proc.wait(60) == 0, serve.output()
     assert "ERROR" not in serve.output()
     assert wait_for("every process to exit", lambda: not serve.processes(), GONE_WITHIN_S) is not None
-
-
-def test_an_unknown_model_name_is_refused_before_start(tmp_path: Path, store: Path) -> None:
-    run = ckptserve("serve", "--model-store", str(store), "--models", "digts", "--runtime-dir", str(tmp_path))
-    assert run.returncode == 2
-    assert "digts.mar" in run.stderr and "digits.mar" in run.stderr, run.stderr
 
 
 # --- item 2: a server started before training wrote anything waits ------------------------------
@@ -272,16 +287,17 @@ def _first_worker(serve: Serve) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("moment", "sig"),
+    ("moment", "how"),
     [
         ("launched", signal.SIGTERM),  # TorchServe's process exists, nothing answers yet
         ("worker", signal.SIGTERM),  # a worker is loading the model
         ("steady", signal.SIGTERM),
         ("steady", signal.SIGINT),
+        ("steady", "ckptserve stop"),  # item 4: a requested stop is a clean exit
     ],
 )
-def test_a_signal_at_any_moment_stops_every_process(
-    start_serve: Callable[..., Serve], store: Path, moment: str, sig: signal.Signals
+def test_a_stop_at_any_moment_stops_every_process_cleanly(
+    start_serve: Callable[..., Serve], store: Path, moment: str, how: signal.Signals | str
 ) -> None:
     serve = start_serve(store)
     reached: dict[str, Callable[[], bool]] = {
@@ -292,8 +308,12 @@ def test_a_signal_at_any_moment_stops_every_process(
     wait_for(moment, lambda: reached[moment]() or serve.proc.poll() is not None)
     assert serve.proc.poll() is None, serve.output()
     assert serve.processes(), "nothing was started"
-    serve.proc.send_signal(sig)
+    if isinstance(how, str):
+        stopped = ckptserve("stop", "--runtime-dir", str(serve.runtime_dir))
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    else:
+        serve.proc.send_signal(how)
     gone = lambda: serve.proc.poll() is not None and not serve.processes()  # noqa: E731
     assert wait_for("every process to exit", gone, GONE_WITHIN_S)
     assert serve.proc.returncode == 0, serve.output()
-    assert "Traceback" not in serve.output(), serve.output()
+    assert "Traceback" not in serve.output() and "ERROR" not in serve.output(), serve.output()
