@@ -158,7 +158,9 @@ def _status(args: argparse.Namespace) -> int:
     from serving.server import status
 
     found = status(args.runtime_dir)
-    if args.json:
+    if args.quiet:
+        pass
+    elif args.json:
         print(json.dumps(found.to_dict(), indent=2))
     elif not found.running:
         print(f"no server is running from {found.runtime_dir} (pid {found.pid} has exited)")
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime-dir", default=str(default_runtime_dir()), help="the server's runtime directory"
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.add_argument("--quiet", action="store_true", help="print nothing (with --ready: a probe)")
     status.add_argument(
         "--ready",
         action="store_true",

@@ -239,6 +239,8 @@ def test_a_server_started_before_training_waits_for_the_first_checkpoint(
         shown = ckptserve("status", "--runtime-dir", rt, "--json", "--ready")
         return {**json.loads(shown.stdout), "exit": shown.returncode}
 
+    probe = ["status", "--runtime-dir", rt, "--ready", "--quiet"]  # k8s/base/deployment.yaml's readiness
+    assert (ckptserve(*probe).returncode, ckptserve(*probe).stdout) == (3, "")
     before = status()
     assert before["exit"] == 3 and not before["ready"]
     (model,) = before["models"]
@@ -271,7 +273,7 @@ def test_a_server_started_before_training_waits_for_the_first_checkpoint(
         got = torch.tensor(json.loads(answer["body"])["predictions"])
         assert torch.allclose(got, trained.reference(2, trained.images[:4]), atol=1e-4)
         assert answer["x-ckptserve-checkpoint"].startswith("epoch=2@")
-        wait_for("every worker to serve", lambda: status()["exit"] == 0, 120)
+        wait_for("every worker to serve", lambda: ckptserve(*probe).returncode == 0, 120)
         assert ready(oip.ModelReadyRequest(name="digits"), timeout=30).ready
 
     (model,) = status()["models"]
