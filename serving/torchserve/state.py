@@ -52,7 +52,8 @@ class ServerState:
         except FileNotFoundError:
             raise ServerError(
                 f"Expected a server state file at {path}, found none.",
-                hint="Was the server started with this runtime directory? `ckptserve start` writes it.",
+                hint="No server runs from that directory: start one with `ckptserve serve`, or give the "
+                "`--runtime-dir` it was started with.",
             ) from None
         except (ValueError, TypeError, KeyError) as exc:
             raise ServerError(

@@ -92,9 +92,9 @@ class ServerStatus:
 
 def describe_model(base_url: str, name: str, key_file: Path | None = None) -> list[ModelStatus]:
     """Each version of ``name``: its workers and, from the handler's describe, what it serves."""
-    described = management_get(
-        base_url, f"/models/{urllib.parse.quote(name, safe='')}?customized=true", key_file
-    )
+    path = f"/models/{urllib.parse.quote(name, safe='')}?customized=true"
+    # A customized describe is queued on a worker like a request: allow it the time one takes.
+    described = management_get(base_url, path, key_file, timeout_s=30.0)
     return [_model_status(name, entry) for entry in described or []]
 
 

@@ -240,7 +240,8 @@ def test_a_server_started_before_training_waits_for_the_first_checkpoint(
         return {**json.loads(shown.stdout), "exit": shown.returncode}
 
     probe = ["status", "--runtime-dir", rt, "--ready", "--quiet"]  # k8s/base/deployment.yaml's readiness
-    assert (ckptserve(*probe).returncode, ckptserve(*probe).stdout) == (3, "")
+    probed = ckptserve(*probe)
+    assert (probed.returncode, probed.stdout) == (3, ""), probed.stderr
     before = status()
     assert before["exit"] == 3 and not before["ready"]
     (model,) = before["models"]
