@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from serving.errors import CheckpointError, CkptServeError
+from serving.codecs import encode_error
+from serving.errors import CheckpointError, CkptServeError, ModelNotReadyError
 from serving.loader import checkpoint_info, load_model
 from serving.logs import JsonFormatter, install_json_logs, log_failed_requests, request_scope
 from serving.metrics import ALL, Emit, HandlerMetrics, Observation
 from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
+from serving.reload.watcher import Rejection
 from serving.service import InferenceService
 from serving.spec import ModelSpec, parse_spec
 
@@ -78,9 +80,10 @@ class CheckpointHandler:
     def _infer(self, data: list[dict[str, Any]], context: Any, skipped: set[int]) -> list[Any]:
         if not data:
             return []
-        assert self.service is not None, "handle() before initialize()"
         # Positions in TorchServe's batch (its per-request status slots) of the rows we serve.
         slots = [i for i in range(len(data) + len(skipped)) if i not in skipped]
+        if self.service is None:
+            return self._not_ready(context, slots)
         requests = [
             (_body(row), _content_type(context, slot, row)) for slot, row in zip(slots, data, strict=True)
         ]
@@ -98,25 +101,55 @@ class CheckpointHandler:
                 context.set_response_header(idx, CHECKPOINT_HEADER, served_by)
         return [reply.body for reply in replies]
 
+    def _not_ready(self, context: Any, slots: list[int]) -> list[Any]:
+        """503 for every request while the worker waits for its first checkpoint."""
+        assert self.reloader is not None, "handle() before initialize()"
+        rejected = self.reloader.status.recent_rejections
+        error = ModelNotReadyError(
+            f"No checkpoint is served yet: waiting for the first one in {str(self.reloader.watch_dir)!r}"
+            + (f"; rejected: {_rejections(rejected)}" if rejected else "."),
+            hint="Let training write a checkpoint there; it is served within one poll interval.",
+        )
+        body = encode_error(error)
+        for idx in slots:
+            context.set_response_status(error.http_status, type(error).__name__, idx)
+            context.set_response_content_type(idx, "application/json")
+        return [body for _ in slots]
+
     # --- describe -------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         """Shown as ``customizedMetadata`` by ``GET /models/NAME?customized=true``."""
-        assert self.spec is not None and self.slot is not None
+        assert self.spec is not None
+        if self.slot is None:  # waiting for the first checkpoint: not ready
+            assert self.reloader is not None
+            return {
+                "state": "waiting",
+                "waiting_for": str(self.reloader.watch_dir),
+                "checkpoint": None,
+                "reload": self.reloader.status.to_dict(),
+                "input": self._input(),
+                "pid": os.getpid(),
+            }
         info = self.slot.info
         return {
+            "state": "serving",
             "checkpoint": {k: v for k, v in info.to_dict().items() if k != "metadata"},
             "checkpoint_metadata": info.metadata,
             "reload": self.reloader.status.to_dict() if self.reloader else None,
-            "input": {
-                "name": self.spec.input.name,
-                "shape": list(self.spec.input.shape),
-                "dtype": str(self.spec.input.dtype).removeprefix("torch."),
-            },
+            "input": self._input(),
             "outputs": self._outputs(),
             "postprocess": self.spec.postprocess.kind,
             "threads": self.threads,
             "pid": os.getpid(),
+        }
+
+    def _input(self) -> dict[str, Any]:
+        assert self.spec is not None
+        return {
+            "name": self.spec.input.name,
+            "shape": list(self.spec.input.shape),
+            "dtype": str(self.spec.input.dtype).removeprefix("torch."),
         }
 
     def _outputs(self) -> list[dict[str, Any]]:
@@ -179,34 +212,42 @@ class CheckpointHandler:
         model = None
         if spec.reload.watch_dir is not None:
             self.reloader = Reloader(spec, load, self._on_reload)
-            # Training may not have written anything yet: wait for the first checkpoint (an empty
-            # directory is not an error) within TorchServe's start-up budget, keeping a margin.
-            patience = max(0.0, float(yaml_config.get("startupTimeout", 120)) - 15.0)
-            deadline = time.monotonic() + (0.0 if spec.checkpoint is not None else patience)
-            waiting = False
-            while (model := self.reloader.initial_model(lambda m: _gate(m, sample))) is None:
-                if self.reloader.status.rejected or time.monotonic() >= deadline:
-                    break
-                if not waiting:
-                    log.info(
-                        "waiting up to %.0fs for a first checkpoint in %s", patience, spec.reload.watch_dir
-                    )
-                waiting = True
-                time.sleep(spec.reload.poll_interval_s)
+            model = self.reloader.initial_model(lambda m: _gate(m, sample))
+            configured = spec.checkpoint is not None and spec.checkpoint.exists()
+            if model is None and not configured and not self.reloader.status.rejected:
+                # Training has written nothing yet. Waiting here would outlast TorchServe's start-up
+                # timeout (it kills the worker): return now, answer 503, and let the reloader's
+                # thread serve the first checkpoint that lands.
+                log.info("waiting for the first checkpoint in %s", spec.reload.watch_dir)
+                self.reloader.start_waiting(
+                    lambda m: _gate(m, sample),
+                    lambda m: self._serve(m, sample, model_name, manifest, started),
+                )
+                self.initialized = True
+                return
         if model is None:
             model = self._fallback(load)
-        self.slot = ModelSlot(model, sample)
-        self.service = InferenceService(
-            self.slot.use,
-            input_spec=spec.input,
-            postprocess=spec.postprocess,
+        slot = self._serve(model, sample, model_name, manifest, started)
+        if self.reloader is not None:
+            self.reloader.start(slot)
+        self.initialized = True
+
+    def _serve(
+        self, model: torch.nn.Module, sample: torch.Tensor, model_name: str, manifest: Any, started: float
+    ) -> ModelSlot:
+        """Warm ``model`` up and make it the served one (at start-up, or when the first checkpoint lands)."""
+        assert self.spec is not None
+        slot = ModelSlot(model, sample)
+        service = InferenceService(
+            slot.use,
+            input_spec=self.spec.input,
+            postprocess=self.spec.postprocess,
             model_name=model_name,
             model_version=manifest.get("model", {}).get("modelVersion"),
         )
-        self._warm_up()
-        if self.reloader is not None:
-            self.reloader.start(self.slot)
-        info = self.slot.info
+        self._warm_up(service)
+        self.slot, self.service = slot, service  # the service last: handle() serves once it is set
+        info = slot.info
         log.info(
             "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
             info.path,
@@ -215,10 +256,10 @@ class CheckpointHandler:
             info.device,
             self.threads,
             time.perf_counter() - started,
-            f", watching {spec.reload.watch_dir}" if self.reloader else "",
+            f", watching {self.spec.reload.watch_dir}" if self.reloader else "",
         )
         self.metrics.started(info, reloads=self.reloader is not None)
-        self.initialized = True
+        return slot
 
     def _on_reload(self, result: str, seconds: float) -> None:
         # Called by the reloader's thread after each attempt; after a success the slot holds the new model.
@@ -240,22 +281,17 @@ class CheckpointHandler:
             return load(self.spec.checkpoint)
         rejected = self.reloader.status.recent_rejections if self.reloader else []
         raise CheckpointError(
-            f"No valid checkpoint in {str(self.spec.reload.watch_dir)!r} yet"
-            + (
-                f"; rejected: {'; '.join(f'{Path(r.path).name}: {r.reason}' for r in rejected)}"
-                if rejected
-                else "."
-            ),
-            hint="Let training write one there (save_checkpoint writes atomically); the worker retries.",
+            f"No valid checkpoint in {str(self.spec.reload.watch_dir)!r}: rejected: {_rejections(rejected)}",
+            hint="Fix what the rejections name, or let training write a valid checkpoint there.",
         )
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, service: InferenceService) -> None:
         # One forward at start-up: first-call costs are paid here, and a model that cannot run its
         # declared input shape fails now, with the reason, instead of on the first request.
-        assert self.spec is not None and self.service is not None
+        assert self.spec is not None
         shape = [1, *(d if d > 0 else 1 for d in self.spec.input.shape)]
         sample = torch.zeros(shape, dtype=self.spec.input.dtype)
-        reply = self.service.infer([({"instances": sample.tolist()}, "application/json")])[0][0]
+        reply = service.infer([({"instances": sample.tolist()}, "application/json")])[0][0]
         if reply.error is not None:
             raise CkptServeError(
                 f"The warm-up forward on input shape {shape} failed: {reply.error.message}",
@@ -299,6 +335,10 @@ def _torchserve_emit(ts_metrics: Any) -> Emit:
         )
 
     return emit
+
+
+def _rejections(rejected: Sequence[Rejection]) -> str:
+    return "; ".join(f"{Path(r.path).name}: {r.reason}" for r in rejected)
 
 
 def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:

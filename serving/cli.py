@@ -80,19 +80,28 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.server import Server, settings_from_args
+    from serving.server import Server, StopRequested, settings_from_args
 
     settings = settings_from_args(args)
     if (warning := settings.auth_warning()) is not None:
         print(f"warning: {warning}", file=sys.stderr)
     server = Server(settings, oip_grpc_port=None if args.no_oip_grpc else args.oip_grpc_port)
-    server.start(timeout_s=args.timeout)
-    print(server.describe_endpoints())
-    if not args.foreground:
-        server.detach()
-        print(f"running in the background; stop it with: ckptserve stop --runtime-dir {server.runtime_dir}")
-        return 0
-    return server.run_until_stopped()
+    with server.stop_on_signals():  # from the first moment: a signal during start-up stops what started
+        try:
+            server.start(timeout_s=args.timeout)
+            print(server.describe_endpoints())
+            for line in server.waiting_models():
+                print(line)
+            if not args.foreground:
+                server.detach()
+                command = f"ckptserve stop --runtime-dir {server.runtime_dir}"
+                print(f"running in the background; stop it with: {command}")
+                return 0
+            return server.run_until_stopped()
+        except StopRequested as stop:
+            server.stop()
+            print(f"stopped ({stop})")
+            return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -112,10 +121,7 @@ def _predict(args: argparse.Namespace) -> int:
     content_type = "application/x-npy" if body.startswith(b"\x93NUMPY") else "application/json"
     if args.grpc:
         return _predict_grpc(args, body, content_type)
-    scheme = "https" if args.tls_ca else "http"
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"{scheme}://{host}:{args.port or 8080}"
-    with HttpClient(url, tls_ca=args.tls_ca, **_credentials(args)) as client:
+    with HttpClient(_target(args, "inference"), tls_ca=args.tls_ca, **_credentials(args)) as client:
         status, data = client.request("POST", f"/predictions/{args.name}", body, content_type)
     try:
         print(json.dumps(json.loads(data), indent=2))
@@ -124,12 +130,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if status < 400 else 1
 
 
+def _target(args: argparse.Namespace, endpoint: str) -> str:
+    """Where to send a request: --host/--port when given, else the server running from --runtime-dir."""
+    from serving.torchserve.state import STATE_FILE, ServerState
+
+    default_port = {"inference": 8080, "grpc_inference": 7070}[endpoint]
+    state_path = Path(args.runtime_dir) / STATE_FILE
+    if args.port is None and args.host is None and state_path.exists():
+        return str(getattr(ServerState.read(state_path).urls, endpoint))
+    host = args.host or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    port = args.port or default_port
+    scheme = "https" if args.tls_ca else "http"
+    return f"{host}:{port}" if endpoint.startswith("grpc") else f"{scheme}://{host}:{port}"
+
+
 def _predict_grpc(args: argparse.Namespace, body: bytes, content_type: str) -> int:
     from serving.client.grpc import GrpcClient
     from serving.grpc.status import error_from_body
 
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    with GrpcClient(f"{host}:{args.port or 7070}", tls_ca=args.tls_ca, **_credentials(args)) as client:
+    with GrpcClient(_target(args, "grpc_inference"), tls_ca=args.tls_ca, **_credentials(args)) as client:
         data = client.request(args.name, body)  # TorchServe's Predictions: the handler's bytes, as over HTTP
     try:
         print(json.dumps(json.loads(data), indent=2))
@@ -145,6 +165,40 @@ def _credentials(args: argparse.Namespace) -> dict[str, str | None]:
         local = Path(args.runtime_dir) / "key_file.json"
         key_file = str(local) if local.is_file() else None
     return {"token": args.token, "key_file": key_file}
+
+
+def _status(args: argparse.Namespace) -> int:
+    from serving.server import status
+
+    found = status(args.runtime_dir)
+    if args.quiet:
+        pass
+    elif args.json:
+        print(json.dumps(found.to_dict(), indent=2))
+    elif not found.running:
+        print(f"no server is running from {found.runtime_dir} (pid {found.pid} has exited)")
+    else:
+        urls = found.urls
+        print(f"server     pid {found.pid}, runtime dir {found.runtime_dir}")
+        print(f"inference  {urls['inference']}   management {urls['management']}   metrics {urls['metrics']}")
+        grpc = f"gRPC {urls['grpc_inference']}" + (
+            f"   OIP v2 gRPC {found.oip_grpc}" if found.oip_grpc else ""
+        )
+        print(f"           {grpc}")
+        for model in found.models:
+            workers = ", ".join(f"{w['id']} {w['status']}" for w in model.workers) or "none"
+            if model.state == "waiting":
+                live = f"waiting for the first checkpoint in {model.waiting_for}"
+            elif model.checkpoint:
+                live = f"{model.checkpoint} (epoch {model.epoch if model.epoch is not None else '-'}, "
+                live += f"sha256 {str(model.sha256)[:12]})"
+            else:
+                live = "unknown (no ckptserve handler description)"
+            version = f" v{model.version}" if model.version else ""
+            print(f"model      {model.name}{version}: {'ready' if model.ready else 'NOT ready'}")
+            print(f"  workers  {len(model.workers)}: {workers}")
+            print(f"  serving  {live}")
+    return 0 if found.ready or not args.ready else 3
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -215,12 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stop.set_defaults(run=_stop)
 
+    status = commands.add_parser(
+        "status", help="show the running server: ports, models, workers, checkpoints"
+    )
+    status.add_argument(
+        "--runtime-dir", default=str(default_runtime_dir()), help="the server's runtime directory"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.add_argument("--quiet", action="store_true", help="print nothing (with --ready: a probe)")
+    status.add_argument(
+        "--ready",
+        action="store_true",
+        help="exit 3 unless every model serves a checkpoint (a readiness probe)",
+    )
+    status.set_defaults(run=_status)
+
     predict = commands.add_parser("predict", help="send one request and print the answer")
     predict.add_argument("name", help="the model name")
     predict.add_argument("--json", help="the JSON body, e.g. '{\"instances\": [...]}'")
     predict.add_argument("--file", help="a file with the body (JSON or .npy)")
-    predict.add_argument("--host", default="127.0.0.1")
-    predict.add_argument("--port", type=int, help="default 8080, or 7070 with --grpc")
+    predict.add_argument("--host", help="default: the server running from --runtime-dir, else 127.0.0.1")
+    predict.add_argument(
+        "--port", type=int, help="default: the running server's port, else 8080 (7070 with --grpc)"
+    )
     predict.add_argument(
         "--grpc", action="store_true", help="call TorchServe's gRPC Predictions instead of HTTP"
     )
@@ -231,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--runtime-dir",
         default=str(default_runtime_dir()),
-        help="a local server's runtime directory: its key_file.json is read when no key is given",
+        help="find the local server here: its ports, and its key_file.json when no key is given",
     )
     predict.add_argument("--tls-ca", help="PEM CA certificate: use HTTPS / TLS and verify the server with it")
     predict.set_defaults(run=_predict)

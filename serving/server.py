@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from serving.errors import ServerError
-from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free
+from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, endpoint_from_state
 from serving.grpc.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_state
+from serving.torchserve.status import ModelStatus, ServerStatus, describe_model, server_status
 
 log = logging.getLogger(__name__)
 
 METRICS_CONFIG = Path(__file__).resolve().parent / "torchserve" / "metrics.yaml"
+# `ckptserve stop` leaves this in the runtime directory before it stops anything, so that a
+# foreground server that sees its processes go knows the stop was asked for.
+STOP_MARKER = "stop-requested"
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived: stop every process of the server and exit cleanly."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -50,23 +64,29 @@ class Server:
         self.torchserve = TorchServeProcess(settings)
         self.oip_grpc_port = oip_grpc_port
         self.gateway: GatewayProcess | None = None
+        self._stopping = False
+        self.ready: dict[str, int] = {}  # READY workers per model, once started
 
     @property
     def runtime_dir(self) -> Path:
         return self.settings.runtime_dir
 
     def start(self, timeout_s: float = 180.0) -> dict[str, int]:
-        """Start and wait for READY workers; on failure stop everything and raise the worker's reason."""
+        """Start and wait for READY workers; on failure (or StopRequested) stop everything and raise."""
+        (self.runtime_dir / STOP_MARKER).unlink(missing_ok=True)
         if self.oip_grpc_port is not None:
             check_port_free(self.settings.host, self.oip_grpc_port)  # before TorchServe's seconds of start-up
         self.torchserve.start()
         try:
-            ready = self.torchserve.wait_ready(self.settings.models, timeout_s=timeout_s)
+            ready = self.ready = self.torchserve.wait_ready(self.settings.models, timeout_s=timeout_s)
             if self.oip_grpc_port is not None:
                 self.gateway = GatewayProcess(self._gateway_settings(self.oip_grpc_port)).start()
             return ready
-        except BaseException:
+        except BaseException as exc:
+            requested = self.stop_was_requested()
             self.stop()
+            if requested and isinstance(exc, ServerError):  # `ckptserve stop` ended the start-up
+                raise StopRequested(signal.SIGTERM) from None
             raise
 
     def _gateway_settings(self, port: int) -> GatewaySettings:
@@ -109,38 +129,105 @@ class Server:
             return "off"
         return f"on: send 'Authorization: Bearer <key>', keys in {self.torchserve.key_file}"
 
+    def waiting_models(self) -> list[str]:
+        """A line for each model that waits for its first checkpoint (it answers 503 until then)."""
+        urls, key_file = (
+            self.torchserve.urls,
+            self.torchserve.key_file if self.settings.auth_enabled else None,
+        )
+        lines = []
+        for name in self.ready:
+            try:
+                versions: list[ModelStatus] = describe_model(
+                    urls.management, name, key_file, tls_cert=self.settings.tls_cert
+                )
+            except (OSError, ValueError) as exc:
+                log.warning("could not describe %s: %s", name, exc)
+                continue
+            lines += [
+                f"model {name}: waiting for the first checkpoint in {m.waiting_for} "
+                "(not ready: requests get 503 until one lands)"
+                for m in versions
+                if m.state == "waiting"
+            ]
+        return lines
+
     def detach(self) -> None:
         self.torchserve.detach()
         if self.gateway is not None:
             self.gateway.detach()
 
     def stop(self) -> None:
+        self._stopping = True  # a signal from now on must not interrupt the stop itself
         if self.gateway is not None:
             self.gateway.stop()
         self.torchserve.stop()
+        (self.runtime_dir / STOP_MARKER).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT raise StopRequested in the main thread, from start-up on.
+
+        Installed before anything starts: Python's default SIGTERM ends the process without stopping
+        TorchServe, and as PID 1 (a container) a signal without a handler is ignored outright.
+        Once a stop runs, further signals are ignored: they must not cut the stop short.
+        """
+
+        def raise_stop(signum: int, _frame: object) -> None:
+            if not self._stopping:
+                self._stopping = True
+                raise StopRequested(signum)
+
+        previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_was_requested(self) -> bool:
+        """True when `ckptserve stop` is stopping this server (its processes exit on purpose)."""
+        return (self.runtime_dir / STOP_MARKER).exists()
 
     def run_until_stopped(self) -> int:
-        """Block until SIGINT/SIGTERM (then stop gracefully) or until TorchServe exits on its own."""
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(1.0):
-            if not self.torchserve.running():
-                log.error("TorchServe exited; see %s", self.settings.logs)
-                self.stop()
-                return 1
-            if self.gateway is not None and not self.gateway.running():
-                log.error("the OIP gRPC gateway exited; see %s", self.gateway.log_path)
-                self.stop()
-                return 1
-        self.stop()
-        return 0
+        """Block until a stop (a signal, `ckptserve stop`: exit 0) or until a process dies on its own (1)."""
+        try:
+            with self.stop_on_signals():
+                while True:
+                    failed = self._exited()
+                    if failed is not None:
+                        if self.stop_was_requested():
+                            return 0
+                        log.error(failed)
+                        return 1
+                    time.sleep(0.5)
+        except StopRequested:
+            return 0
+        finally:
+            self.stop()
+
+    def _exited(self) -> str | None:
+        if not self.torchserve.running():
+            return f"TorchServe exited; see {self.settings.logs}"
+        if self.gateway is not None and not self.gateway.running():
+            return f"the OIP gRPC gateway exited; see {self.gateway.log_path}"
+        return None
 
 
 def stop_server(runtime_dir: str | Path) -> bool:
     """Stop the server recorded in ``runtime_dir`` (and its OIP gateway); False if none was running."""
-    gateway = stop_gateway_from_state(Path(runtime_dir))
+    runtime_dir = Path(runtime_dir)
+    if runtime_dir.is_dir():
+        (runtime_dir / STOP_MARKER).touch()  # a foreground `ckptserve serve` then exits cleanly
+    gateway = stop_gateway_from_state(runtime_dir)
     try:
-        return stop_from_state(Path(runtime_dir)) or gateway
+        return stop_from_state(runtime_dir) or gateway
     except ServerError:
         return gateway
+
+
+def status(runtime_dir: str | Path) -> ServerStatus:
+    """The server recorded in ``runtime_dir``: processes, ports (the OIP gateway's too), models, workers."""
+    found = server_status(Path(runtime_dir))
+    found.oip_grpc = endpoint_from_state(Path(runtime_dir)) if found.running else None
+    return found

@@ -82,7 +82,15 @@ class OipGateway(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model_ready(self, name: str, version: str) -> bool:
         described = await self.upstream.describe(name, version)
-        return any(w.get("status") == "READY" for w in described.get("workers", []))
+        if not any(w.get("status") == "READY" for w in described.get("workers", [])):
+            return False
+        if described.get("stateful"):
+            return True  # a customized describe would wait forever: such a model runs only sequences
+        # A worker waiting for its first checkpoint is READY to TorchServe but serves nothing (503).
+        custom = (await self.upstream.describe(name, version, customized=True)).get("customizedMetadata")
+        if isinstance(custom, str):  # some TorchServe paths hand it over as a JSON string
+            custom = json.loads(custom)
+        return not (isinstance(custom, dict) and custom.get("state") == "waiting")
 
     # --- metadata --------------------------------------------------------------------------------
 

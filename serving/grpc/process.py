@@ -172,6 +172,16 @@ def stop_from_state(runtime_dir: Path, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def endpoint_from_state(runtime_dir: Path) -> str | None:
+    """The endpoint of the gateway that ``runtime_dir`` records, if it still runs."""
+    try:
+        record = json.loads((Path(runtime_dir) / STATE_FILE).read_text())
+        running = "serving.grpc" in " ".join(psutil.Process(int(record["pid"])).cmdline())
+        return str(record["endpoint"]) if running else None
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+
+
 def check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:

@@ -98,6 +98,8 @@ class Reloader:
         for candidate in ranking.ordered:
             if not self._contained(candidate):
                 continue
+            if (candidate.name, candidate.signature) in self._rejected:
+                continue  # while waiting for a first checkpoint, each poll comes back here
             sha = self._sha(candidate)
             try:
                 model = self._load(candidate.path, sha)
@@ -125,6 +127,33 @@ class Reloader:
         self.slot = slot
         self._thread = threading.Thread(target=self._run, name="ckptserve-reloader", daemon=True)
         self._thread.start()
+
+    def start_waiting(
+        self, sample_check: Callable[[nn.Module], None], serve_first: Callable[[nn.Module], ModelSlot]
+    ) -> None:
+        """Watch with nothing served yet: each poll looks for a first valid checkpoint and hands it to
+        ``serve_first`` (which returns the slot now serving it); then watching goes on as usual."""
+        self._thread = threading.Thread(
+            target=self._wait_then_run,
+            args=(sample_check, serve_first),
+            name="ckptserve-reloader",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _wait_then_run(
+        self, sample_check: Callable[[nn.Module], None], serve_first: Callable[[nn.Module], ModelSlot]
+    ) -> None:
+        while self.slot is None and not self._stop.wait(self.spec.reload.poll_interval_s):
+            if not self.watch_dir.is_dir():
+                continue  # training has not created it yet
+            try:
+                model = self.initial_model(sample_check)
+                if model is not None:
+                    self.slot = serve_first(model)
+            except Exception:  # keep waiting: the next checkpoint may do
+                log.exception("loading the first checkpoint from %s failed; still waiting", self.watch_dir)
+        self._run()
 
     def stop(self) -> None:
         self._stop.set()

@@ -254,6 +254,14 @@ class ServerSettings:
         if entry == "ALL":
             return
         name, sep, target = entry.partition("=")
+        if not sep and _MODEL_NAME.match(name) and _archive_of(name, self.model_store) is None:
+            found = sorted(p.name for p in self.model_store.iterdir() if p.suffix == ".mar" or p.is_dir())
+            raise ConfigError(
+                f"models: expected {name}.mar (or a {name}/ folder) in the model store {self.model_store} "
+                f"for {entry!r}, found {', '.join(found) or 'nothing'}.",
+                hint=f"Build it with `ckptserve package {name} --model-store {self.model_store} ...`, "
+                "or name an archive with NAME=FILE.mar.",
+            )
         if not _MODEL_NAME.match(name) or (sep and not target):
             raise ConfigError(
                 f"models: expected 'NAME', 'NAME=FILE.mar' or 'ALL', found {entry!r}.",
@@ -274,6 +282,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def archive_entries(entries: list[str], model_store: Path) -> list[str]:
+    """``--models`` entries as TorchServe wants them: a bare NAME becomes NAME=NAME.mar (or NAME=NAME
+    for a no-archive folder); TorchServe itself would look for a file called NAME and register nothing."""
+    resolved = []
+    for entry in entries:
+        name, sep, _ = entry.partition("=")
+        archive = None if sep or entry == "ALL" else _archive_of(name, model_store)
+        resolved.append(f"{name}={archive}" if archive else entry)
+    return resolved
+
+
+def _archive_of(name: str, model_store: Path) -> str | None:
+    for candidate in (f"{name}.mar", name):
+        if (model_store / candidate).exists():
+            return candidate
+    return None
 
 
 def model_names(entries: list[str]) -> list[str]:

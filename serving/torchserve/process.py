@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -16,8 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import ServerError
-from serving.tls import loopback_context
-from serving.torchserve.config import ServerSettings, model_names, render_properties
+from serving.torchserve.config import ServerSettings, archive_entries, model_names, render_properties
 from serving.torchserve.procgroup import (
     check_ports_free,
     find_java,
@@ -34,6 +32,7 @@ from serving.torchserve.state import (
     ServerUrls,
     urls_for,
 )
+from serving.torchserve.status import management_get, registered_models
 from serving.torchserve.worker_log import LoadFailure, WorkerLogScanner
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ class TorchServeProcess:
         if not settings.auth_enabled:
             cmd.append("--disable-token-auth")
         if settings.models:
-            cmd += ["--models", *settings.models]
+            cmd += ["--models", *archive_entries(settings.models, settings.model_store)]
 
         env = dict(os.environ)
         # TS_CONFIG_FILE would silently win over --ts-config in TorchServe's wrapper.
@@ -190,6 +189,7 @@ class TorchServeProcess:
             log_dir=str(self.log_dir),
             urls=self.urls,
             started_at=time.time(),
+            tls_cert=str(self.settings.tls_cert) if self.settings.tls_cert else None,
         )
         try:
             _write_atomic(self.state_path, state.to_json())
@@ -319,37 +319,18 @@ class TorchServeProcess:
             return None  # not listening yet, or answering garbage while it starts
 
     def _registered_models(self) -> list[str]:
-        names: list[str] = []
-        token = ""
-        while True:
-            page = self._get_json(f"/models?limit=100{'&next_page_token=' + token if token else ''}")
-            if page is None:
-                return names
-            names += [m["modelName"] for m in page.get("models", [])]
-            token = page.get("nextPageToken") or ""
-            if not token:
-                return names
+        return registered_models(
+            self.urls.management, self._key_file_if_auth(), tls_cert=self.settings.tls_cert
+        )
 
     def _get_json(self, path: str) -> object | None:
         """GET from the management API; None on 404."""
-        request = urllib.request.Request(self.urls.management + path)
-        if self.settings.auth_enabled:
-            request.add_header("Authorization", f"Bearer {self._management_key()}")
-        cert = self.settings.tls_cert
-        context = loopback_context(cert) if cert is not None else None
-        try:
-            with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            if err.code == 404:
-                return None
-            raise
+        return management_get(
+            self.urls.management, path, self._key_file_if_auth(), tls_cert=self.settings.tls_cert
+        )
 
-    def _management_key(self) -> str:
-        try:
-            return str(json.loads(self.key_file.read_text())["management"]["key"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise OSError(f"no management key yet in {self.key_file}") from exc
+    def _key_file_if_auth(self) -> Path | None:
+        return self.key_file if self.settings.auth_enabled else None
 
     # --- stop -----------------------------------------------------------------------------------
 

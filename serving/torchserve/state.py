@@ -40,6 +40,7 @@ class ServerState:
     log_dir: str
     urls: ServerUrls
     started_at: float
+    tls_cert: str | None = None  # the served certificate: another process trusts it over loopback
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -52,7 +53,8 @@ class ServerState:
         except FileNotFoundError:
             raise ServerError(
                 f"Expected a server state file at {path}, found none.",
-                hint="Was the server started with this runtime directory? `ckptserve start` writes it.",
+                hint="No server runs from that directory: start one with `ckptserve serve`, or give the "
+                "`--runtime-dir` it was started with.",
             ) from None
         except (ValueError, TypeError, KeyError) as exc:
             raise ServerError(

@@ -240,15 +240,21 @@ def test_a_server_started_before_training_wrote_anything_waits_for_it(
     )
     with TorchServeProcess(settings) as server:
         deadline = time.monotonic() + 60
-        while "waiting up to" not in (server.worker_log.read_text() if server.worker_log.exists() else ""):
+        waiting = "waiting for the first checkpoint"
+        while waiting not in (server.worker_log.read_text() if server.worker_log.exists() else ""):
             assert time.monotonic() < deadline, "the worker never started waiting"
             time.sleep(0.1)  # the worker is up and waiting: an empty directory is not a load failure
-        path = save_checkpoint(watch, trained.models[1], epoch=1)
-        server.wait_ready(["early"], timeout_s=60)
-        status, headers, body = http(
+        server.wait_ready(["early"], timeout_s=60)  # READY to TorchServe; the handler answers 503
+        url, body = (
             f"{server.urls.inference}/predictions/early",
             json.dumps({"instances": trained.images[:1].tolist()}).encode(),
         )
+        assert http(url, body)[0] == 503
+        path = save_checkpoint(watch, trained.models[1], epoch=1)
+        while (answer := http(url, body))[0] == 503:
+            assert time.monotonic() < deadline + 60, "the first checkpoint was never served"
+            time.sleep(0.1)
+        status, headers, body = answer
         assert status == 200 and headers["x-ckptserve-checkpoint"] == f"epoch=1@{sha(path)}"
         torch.testing.assert_close(
             torch.tensor(json.loads(body)["predictions"]), trained.reference(1, trained.images[:1])
