@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 
 from serving.codecs import InputSpec, PostProcess, load_labels
-from serving.errors import ConfigError
+from serving.errors import CheckpointNotFoundError, ConfigError
 
 _INPUT_DTYPES = {
     "float32": torch.float32,
@@ -58,6 +58,7 @@ class ModelSpec:
     reload: ReloadSpec = field(default_factory=ReloadSpec)
     json_logs: bool = False
     metrics: bool = True  # handler metrics (serving.metrics); off only to measure what they cost
+    checkpoint_setting: str | None = None  # handler.checkpoint as written (errors show it, not a temp path)
 
 
 _TOP_KEYS = {f.name for f in fields(ModelSpec)} - {"reload"} | {
@@ -118,6 +119,23 @@ def parse_spec(
         reload=reload,
         json_logs=_bool(cfg, "json_logs", where, False),
         metrics=_bool(cfg, "metrics", where, True),
+        checkpoint_setting=_opt_str(cfg, "checkpoint", where),
+    )
+
+
+def missing_checkpoint_error(spec: ModelSpec) -> CheckpointNotFoundError:
+    """The error for a configured checkpoint that does not exist, naming it as the user wrote it."""
+    written = spec.checkpoint_setting or str(spec.checkpoint)
+    if Path(os.path.expandvars(os.path.expanduser(written))).is_absolute():
+        return CheckpointNotFoundError(
+            f"handler.checkpoint {written!r} does not exist.",
+            hint="Check the path, and that the server can see that volume.",
+        )
+    return CheckpointNotFoundError(
+        f"handler.checkpoint {written!r} is a relative path, so it is read from inside the model archive, "
+        "and the archive holds no such file.",
+        hint="Bundle the file (`ckptserve package ... --checkpoint PATH`), give an absolute path, or serve "
+        "what training writes with watch_dir (`ckptserve package ... --watch-dir DIR`).",
     )
 
 
