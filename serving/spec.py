@@ -177,7 +177,7 @@ def _postprocess(cfg: Any, output: Any, where: str, base: Path) -> PostProcess:
         raise ConfigError(f"{where}k must be a positive integer, got {k!r}.")
     labels = None
     if cfg.get("labels"):
-        labels = load_labels(_resolve(str(cfg["labels"]), base))
+        labels = load_labels(labels_file(str(cfg["labels"]), base, where))
     output_name = str((output or {}).get("name", "output__0")) if isinstance(output, Mapping) else "output__0"
     return PostProcess(kind=kind, k=k, labels=labels, output_name=output_name)
 
@@ -209,6 +209,20 @@ def _reload(cfg: Mapping[str, Any], where: str, base: Path) -> ReloadSpec:
         pinned=pinned,
         strategy=picked["reload_strategy"],
     )
+
+
+def labels_file(value: str, base: Path, where: str = "handler.postprocess.") -> Path:
+    """The labels file ``value`` names (relative: inside the archive at ``base``), or why it is not there."""
+    path = _resolve(value, base)
+    if path.exists():
+        return path
+    if path == base / value:
+        raise ConfigError(
+            f"{where}labels {value!r} is not in the archive (a relative path is read from inside it).",
+            hint=f"Add the file with `--extra-files path/to/{Path(value).name}` (extra files land at the "
+            "archive's top level), or give an absolute path.",
+        )
+    raise ConfigError(f"{where}labels {value!r} does not exist.", hint="Check the path.")
 
 
 def _resolve(value: str, base: Path) -> Path:

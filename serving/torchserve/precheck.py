@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import CkptServeError, ConfigError
-from serving.spec import ModelSpec, missing_checkpoint_error, parse_spec
+from serving.spec import ModelSpec, labels_file, missing_checkpoint_error, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,12 @@ def _labels_problem(handler: Mapping[str, Any], staging: Path) -> ConfigError | 
     post = handler.get("postprocess")
     labels = post.get("labels") if isinstance(post, Mapping) else None
     if not isinstance(labels, str) or not labels:
-        return None
-    path = Path(os.path.expandvars(os.path.expanduser(labels)))
-    if path.is_absolute():
-        if path.exists():
-            return None
-        return ConfigError(
-            f"handler.postprocess.labels {labels!r} does not exist.",
-            hint="Check the path, or bundle the file with --extra-files and name it without a directory.",
-        )
-    if (staging / path).exists():
-        return None
-    return ConfigError(
-        f"handler.postprocess.labels {labels!r} is not in the archive "
-        "(a relative path is read from inside it).",
-        hint=f"Add the file with `--extra-files path/to/{path.name}` (extra files land at the archive's top "
-        "level), or give an absolute path.",
-    )
+        return None  # none, or a type error parse_spec reports
+    try:
+        labels_file(labels, staging)
+    except ConfigError as err:
+        return err
+    return None
 
 
 def _architecture_problem(
