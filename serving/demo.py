@@ -65,10 +65,10 @@ def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clie
     server = Server(settings, oip_grpc_port=free_port())
     _say("3. starting TorchServe (Java frontend, 2 Python workers) and the OIP gRPC gateway on loopback")
     started = time.perf_counter()
-    server.start()
-    _say(f"   ready in {time.perf_counter() - started:.1f}s\n" + _indent(server.describe_endpoints()))
-    url = server.torchserve.urls.inference
     try:
+        server.start()
+        _say(f"   ready in {time.perf_counter() - started:.1f}s\n" + _indent(server.describe_endpoints()))
+        url = server.torchserve.urls.inference
         _say(f"4. sending the {len(test[1])} held-out images over HTTP, {clients} clients in parallel")
         served = _evaluate(url, test, clients)
         _say(f"   {served['epochs']}: served accuracy {served['accuracy']:.3f} ({served['rps']:.0f} req/s)")
