@@ -99,7 +99,8 @@ def run_in_order(commands: list[str], cwd: Path, env: dict[str, str]) -> list[su
 def test_readme_flow_runs_as_written(clone: Path) -> None:
     commands = flow_commands((ROOT / "README.md").read_text())
     verbs = [c.split()[1] for c in commands if c.startswith("ckptserve ")]
-    assert verbs == ["package", "serve", "predict", "stop"], commands  # the flow the README promises
+    promised = iter(verbs)  # package, serve, predict, stop in this order (other commands may come between)
+    assert all(verb in promised for verb in ("package", "serve", "predict", "stop")), commands
     assert commands[0] == "source .venv/bin/activate"  # it says how ckptserve gets on PATH
     assert any(c.startswith("python model_store/digits/train.py") for c in commands)  # it fills the watch dir
 
