@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import serving
 from serving.errors import CkptServeError, ConfigError
 from serving.spec import ModelSpec, labels_file, missing_checkpoint_error, parse_spec
 
@@ -99,7 +100,13 @@ def _architecture_problem(
     if not isinstance(architecture, str) or not architecture:
         return None  # a self-describing checkpoint, or a config error parse_spec reports
     kwargs = handler.get("architecture_kwargs") or {}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # The child sees what a worker sees: the archive's files (its cwd, first on sys.path with -m), this
+    # environment, and ckptserve itself; not the directories this process added to its sys.path.
+    serving_root = str(Path(serving.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [serving_root, os.environ.get("PYTHONPATH")])),
+    }
     try:
         done = subprocess.run(
             [sys.executable, "-m", __name__, str(staging), architecture, json.dumps(kwargs)],

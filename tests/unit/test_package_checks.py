@@ -52,7 +52,11 @@ def package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Package:
     return run
 
 
-def test_missing_model_file_and_labels_are_both_named(tmp_path: Path, package: Package) -> None:
+def test_missing_model_file_and_labels_are_both_named(
+    tmp_path: Path, package: Package, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packaging process can import `model` (its directory is on sys.path); a worker could not.
+    monkeypatch.syspath_prepend(str(DIGITS))
     done = package("--config", write_config(tmp_path / "config.yaml"), "--watch-dir", tmp_path)
     assert done.returncode == 2, done.stderr
     assert "2 problems" in done.stderr
