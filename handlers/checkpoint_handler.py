@@ -26,7 +26,7 @@ from serving.metrics import ALL, Emit, HandlerMetrics, Observation
 from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
 from serving.reload.watcher import Rejection
 from serving.service import InferenceService
-from serving.spec import ModelSpec, parse_spec
+from serving.spec import ModelSpec, missing_checkpoint_error, parse_spec
 
 log = logging.getLogger("ckptserve.handler")
 # The load-error line goes through the root logger: it stays plain text with json_logs too, because
@@ -36,7 +36,10 @@ startup_log = logging.getLogger()
 _metric_lines = logging.getLogger("ts.metrics.ckptserve")
 LOAD_ERROR_MARKER = "ckptserve-load-error:"
 CHECKPOINT_HEADER = "x-ckptserve-checkpoint"  # on every answer: which checkpoint produced it
-BATCH_HEADER = "x-ckptserve-batch-size"  # how many requests shared the forward pass
+# Instances in this batch's forward pass, as the ckptserve_batch_size metric counts them; the requests
+# TorchServe grouped into the batch get their own header (one request may carry many instances).
+BATCH_HEADER = "x-ckptserve-batch-size"
+BATCH_REQUESTS_HEADER = "x-ckptserve-batch-requests"
 
 
 class CheckpointHandler:
@@ -92,11 +95,13 @@ class CheckpointHandler:
         self.metrics.batch(report)
         if self.json_logs:  # structured logs go to a log store: there, one line per failed request pays off
             log_failed_requests(log, [context.get_request_id(i) for i in slots], replies)
-        served_by, batch = _checkpoint_label(report.model), str(len(replies))
+        served_by = _checkpoint_label(report.model)
+        instances, grouped = str(report.batch_size), str(len(slots))
         for idx, reply in zip(slots, replies, strict=True):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
-            context.set_response_header(idx, BATCH_HEADER, batch)
+            context.set_response_header(idx, BATCH_HEADER, instances)
+            context.set_response_header(idx, BATCH_REQUESTS_HEADER, grouped)
             if served_by:
                 context.set_response_header(idx, CHECKPOINT_HEADER, served_by)
         return [reply.body for reply in replies]
@@ -278,6 +283,8 @@ class CheckpointHandler:
         """The configured checkpoint, when no watched one is usable (or nothing is watched)."""
         assert self.spec is not None
         if self.spec.checkpoint is not None and (self.reloader is None or self.spec.checkpoint.exists()):
+            if not self.spec.checkpoint.exists():
+                raise missing_checkpoint_error(self.spec)
             return load(self.spec.checkpoint)
         rejected = self.reloader.status.recent_rejections if self.reloader else []
         raise CheckpointError(
@@ -349,8 +356,7 @@ def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:
 def _checkpoint_label(model: torch.nn.Module | None) -> str:
     if model is None:
         return ""
-    info = checkpoint_info(model)
-    return f"epoch={info.epoch if info.epoch is not None else '-'}@{info.sha256[:12]}"
+    return checkpoint_info(model).label
 
 
 def _is_describe(context: Any, idx: int, row: dict[str, Any]) -> bool:

@@ -54,6 +54,11 @@ def _import(module_name: str, search_paths: Sequence[str | Path]) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+            raise ArchitectureError(  # the module was found; something it imports was not
+                f"Importing {module_name!r} failed: it imports {exc.name!r}, which is not installed.",
+                hint=f"Install {exc.name!r} where the workers run (and in the image that serves it).",
+            ) from None
         raise ArchitectureError(
             f"Cannot import module {module_name!r} for the architecture: {exc}.",
             hint="Ship the model's .py file with the archive (--model-file) or install its package; "

@@ -113,6 +113,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from serving.client.common import error_document, parse_error_body
     from serving.client.http import HttpClient
 
     if (args.json is None) == (args.file is None):
@@ -123,11 +124,14 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_grpc(args, body, content_type)
     with HttpClient(_target(args, "inference"), tls_ca=args.tls_ca, **_credentials(args)) as client:
         status, data = client.request("POST", f"/predictions/{args.name}", body, content_type)
+    if status >= 400:  # TorchServe's own errors (an unknown model) in the handler's shape, with a hint
+        print(json.dumps(error_document(status, parse_error_body(data)), indent=2))
+        return 1
     try:
         print(json.dumps(json.loads(data), indent=2))
     except ValueError:
         print(f"<{len(data)} bytes of {content_type}>")
-    return 0 if status < 400 else 1
+    return 0
 
 
 def _target(args: argparse.Namespace, endpoint: str) -> str:

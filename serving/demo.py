@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from serving.client.http import HttpClient
 from serving.server import METRICS_CONFIG, Server
-from serving.torchserve import ServerSettings, free_ports
+from serving.torchserve import ServerSettings, free_port, free_ports
 from serving.torchserve.package import package_model
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "digits"
@@ -53,19 +54,21 @@ def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clie
 
     settings = ServerSettings(
         model_store=store,
-        runtime_dir=Path("/tmp") / f"ckptserve-demo-{workdir.stat().st_ino}",
+        # In the temp folder (TMPDIR): TorchServe's pid file and worker sockets; removed at the end.
+        runtime_dir=Path(tempfile.mkdtemp(prefix="ckptserve-demo-")),
         log_dir=workdir / "logs",
         models=["digits=digits.mar"],
         **free_ports(),
         metrics_config=METRICS_CONFIG if METRICS_CONFIG.is_file() else None,
     )
-    server = Server(settings)
-    _say("3. starting TorchServe (Java frontend, 2 Python workers) on loopback")
+    # With the OIP v2 gateway, as `ckptserve serve` runs it: the README's gRPC examples work against it.
+    server = Server(settings, oip_grpc_port=free_port())
+    _say("3. starting TorchServe (Java frontend, 2 Python workers) and the OIP gRPC gateway on loopback")
     started = time.perf_counter()
-    server.start()
-    _say(f"   ready in {time.perf_counter() - started:.1f}s\n" + _indent(server.describe_endpoints()))
-    url = server.torchserve.urls.inference
     try:
+        server.start()
+        _say(f"   ready in {time.perf_counter() - started:.1f}s\n" + _indent(server.describe_endpoints()))
+        url = server.torchserve.urls.inference
         _say(f"4. sending the {len(test[1])} held-out images over HTTP, {clients} clients in parallel")
         served = _evaluate(url, test, clients)
         _say(f"   {served['epochs']}: served accuracy {served['accuracy']:.3f} ({served['rps']:.0f} req/s)")
@@ -81,27 +84,40 @@ def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clie
                 f"   epoch {epoch}: picked up in {waited:.1f}s, served accuracy {served['accuracy']:.3f} "
                 f"(in-process {accuracy(model, test):.3f})"
             )
-        _say(
-            "6. try it yourself"
-            + (" (server left running):" if keep_running else " next time with --keep-running:")
-        )
-        sample = json.dumps({"instances": test[0][:1].int().tolist()}, separators=(",", ":"))
-        lines = [
-            f"curl -s {url}/predictions/digits -H 'Content-Type: application/json' -d '{sample}'",
-            f"ckptserve predict digits --port {settings.http_port} --json '{sample}'",
-            f"curl -s '{server.torchserve.urls.management}/models/digits?customized=true'  # live model",
-            f"python model_store/digits/train.py {checkpoints} --epochs 3   # new checkpoints get served",
-            f"ckptserve stop --runtime-dir {settings.runtime_dir}",
-        ]
-        _say(_indent("\n".join(lines)))
+        if keep_running:
+            _say("6. the server stays up; try it yourself:\n" + _indent(_try_it(server, checkpoints, test)))
+        else:
+            _say("6. done; `ckptserve demo --keep-running` leaves the server up to try it yourself")
     except BaseException:
-        server.stop()
+        _stop(server)
         raise
     if keep_running:
         server.detach()
     else:
-        server.stop()
+        _stop(server)
     return 0
+
+
+def _try_it(server: Server, checkpoints: Path, test: tuple[torch.Tensor, torch.Tensor]) -> str:
+    """Commands that work against the running demo server, its ports filled in."""
+    sample = json.dumps({"instances": test[0][:1].int().tolist()}, separators=(",", ":"))
+    urls, ports = server.torchserve.urls, server.settings
+    return "\n".join(
+        [
+            f"curl -s {urls.inference}/predictions/digits -H 'Content-Type: application/json' -d '{sample}'",
+            f"ckptserve predict digits --port {ports.http_port} --json '{sample}'",
+            f"ckptserve predict digits --grpc --port {ports.grpc_inference_port} --json '{sample}'",
+            f"OIP v2 gRPC (GRPCInferenceService): 127.0.0.1:{server.oip_grpc_port}",
+            f"curl -s '{urls.management}/models/digits?customized=true'  # the live checkpoint",
+            f"python model_store/digits/train.py {checkpoints} --epochs 3   # new checkpoints get served",
+            f"ckptserve stop --runtime-dir {server.runtime_dir}",
+        ]
+    )
+
+
+def _stop(server: Server) -> None:
+    server.stop()
+    shutil.rmtree(server.runtime_dir, ignore_errors=True)
 
 
 def _evaluate(url: str, test: tuple[torch.Tensor, torch.Tensor], clients: int) -> dict[str, float | str]:

@@ -55,6 +55,16 @@ class CheckpointInfo:
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
+    @property
+    def epoch_label(self) -> str:
+        """The epoch as headers, logs and metric labels spell it: the number, or "none"."""
+        return str(self.epoch) if self.epoch is not None else "none"
+
+    @property
+    def label(self) -> str:
+        """``epoch=N@<sha256 prefix>``: which checkpoint answered (response header, JSON logs)."""
+        return f"epoch={self.epoch_label}@{self.sha256[:12]}"
+
 
 def checkpoint_info(model: nn.Module) -> CheckpointInfo:
     """The ``CheckpointInfo`` that ``load_model`` attached to ``model``."""

@@ -278,7 +278,7 @@ class HandlerMetrics:
     def _checkpoint(self, live: CheckpointInfo) -> list[Observation]:
         # The replaced checkpoint's info series drops to 0: TorchServe's bridge cannot delete a label
         # set, and a stale 1 would show two live checkpoints.
-        labels = (str(live.epoch) if live.epoch is not None else "none", live.sha256[:12])
+        labels = (live.epoch_label, live.sha256[:12])
         with self._lock:
             previous, self._live = self._live, labels
         sent = []

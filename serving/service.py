@@ -22,6 +22,7 @@ from serving.codecs import (
     encode_response,
 )
 from serving.devices import placement
+from serving.diagnose import index_range_hint
 from serving.errors import CkptServeError, RequestError
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ class InferenceService:
                     try:
                         outputs.update(self._forward(model, decoded, [idx]))
                     except Exception as exc:
-                        replies[idx] = self._error_reply(self._model_failed(exc), decoded[idx].protocol)
+                        failed = self._model_failed(exc, model, decoded[idx].instances)
+                        replies[idx] = self._error_reply(failed, decoded[idx].protocol)
         return outputs
 
     def _forward(
@@ -160,10 +162,11 @@ class InferenceService:
         sizes = [decoded[i].instances.shape[0] for i in members]
         return dict(zip(members, torch.split(out, sizes), strict=True))
 
-    def _model_failed(self, exc: Exception) -> ModelFailedError:
+    def _model_failed(self, exc: Exception, model: nn.Module, inputs: torch.Tensor) -> ModelFailedError:
         return ModelFailedError(
             f"The model could not process this input: {type(exc).__name__}: {str(exc)[:300]}",
-            hint=f"Check the input against the model's expected shape {self.input_spec.shape}.",
+            hint=index_range_hint(model, inputs, exc)
+            or f"Check the input against the model's expected shape {self.input_spec.shape}.",
         )
 
     def _error_reply(self, exc: Exception, protocol: Protocol | None) -> Reply:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 
 from serving.codecs import InputSpec, PostProcess, load_labels
-from serving.errors import ConfigError
+from serving.errors import CheckpointNotFoundError, ConfigError
 
 _INPUT_DTYPES = {
     "float32": torch.float32,
@@ -59,6 +59,7 @@ class ModelSpec:
     reload: ReloadSpec = field(default_factory=ReloadSpec)
     json_logs: bool = False
     metrics: bool = True  # handler metrics (serving.metrics); off only to measure what they cost
+    checkpoint_setting: str | None = None  # handler.checkpoint as written (errors show it, not a temp path)
 
 
 _TOP_KEYS = {f.name for f in fields(ModelSpec)} - {"reload"} | {
@@ -120,6 +121,23 @@ def parse_spec(
         reload=reload,
         json_logs=_bool(cfg, "json_logs", where, False),
         metrics=_bool(cfg, "metrics", where, True),
+        checkpoint_setting=_opt_str(cfg, "checkpoint", where),
+    )
+
+
+def missing_checkpoint_error(spec: ModelSpec) -> CheckpointNotFoundError:
+    """The error for a configured checkpoint that does not exist, naming it as the user wrote it."""
+    written = spec.checkpoint_setting or str(spec.checkpoint)
+    if Path(os.path.expandvars(os.path.expanduser(written))).is_absolute():
+        return CheckpointNotFoundError(
+            f"handler.checkpoint {written!r} does not exist.",
+            hint="Check the path, and that the server can see that volume.",
+        )
+    return CheckpointNotFoundError(
+        f"handler.checkpoint {written!r} is a relative path, so it is read from inside the model archive, "
+        "and the archive holds no such file.",
+        hint="Bundle the file (`ckptserve package ... --checkpoint PATH`), give an absolute path, or serve "
+        "what training writes with watch_dir (`ckptserve package ... --watch-dir DIR`).",
     )
 
 
@@ -161,7 +179,7 @@ def _postprocess(cfg: Any, output: Any, where: str, base: Path) -> PostProcess:
         raise ConfigError(f"{where}k must be a positive integer, got {k!r}.")
     labels = None
     if cfg.get("labels"):
-        labels = load_labels(_resolve(str(cfg["labels"]), base))
+        labels = load_labels(labels_file(str(cfg["labels"]), base, where))
     output_name = str((output or {}).get("name", "output__0")) if isinstance(output, Mapping) else "output__0"
     return PostProcess(kind=kind, k=k, labels=labels, output_name=output_name)
 
@@ -194,6 +212,20 @@ def _reload(cfg: Mapping[str, Any], where: str, base: Path) -> ReloadSpec:
         strategy=picked["reload_strategy"],
         follow_symlinks=_bool(cfg, "follow_symlinks", where, False),
     )
+
+
+def labels_file(value: str, base: Path, where: str = "handler.postprocess.") -> Path:
+    """The labels file ``value`` names (relative: inside the archive at ``base``), or why it is not there."""
+    path = _resolve(value, base)
+    if path.exists():
+        return path
+    if path == base / value:
+        raise ConfigError(
+            f"{where}labels {value!r} is not in the archive (a relative path is read from inside it).",
+            hint=f"Add the file with `--extra-files path/to/{Path(value).name}` (extra files land at the "
+            "archive's top level), or give an absolute path.",
+        )
+    raise ConfigError(f"{where}labels {value!r} does not exist.", hint="Check the path.")
 
 
 def _resolve(value: str, base: Path) -> Path:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import CkptServeError, RequestError
-from serving.grpc.status import error_from_body
+from serving.errors import CkptServeError, ModelNotFoundError, RequestError
+from serving.grpc.status import MODEL_NOT_FOUND_HINT, TORCHSERVE_NOT_FOUND, error_from_body, error_from_http
 from serving.grpc.tensors import bf16_bits, datatype_of
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -71,6 +71,34 @@ def decode_answer(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         raise CkptServeError(f"the server answered neither npy nor JSON: {body[:80]!r}") from None
+
+
+def parse_error_body(data: bytes) -> Any:
+    """An error answer's body: parsed JSON, else its text."""
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return data.decode("utf-8", "replace")
+
+
+def error_document(status: int, parsed: Any) -> dict[str, Any]:
+    """An error answer as ckptserve's JSON error body ``{"code", "type", "error", "hint"}``.
+
+    The handler's bodies already have that shape. TorchServe's frontend answers some errors itself
+    (an unknown model's 404, no worker's 503) with ``{"code", "type", "message"}`` and no hint: those
+    get the same shape, and the hint where we know the fix.
+    """
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return parsed
+    if isinstance(parsed, dict):
+        message, kind = str(parsed.get("message") or parsed), parsed.get("type")
+    else:
+        message, kind = str(parsed or f"HTTP status {status}"), None
+    if status == 404 and kind in TORCHSERVE_NOT_FOUND:
+        err: CkptServeError = ModelNotFoundError(f"{message.rstrip('.')}.", hint=MODEL_NOT_FOUND_HINT)
+    else:
+        err = error_from_http(status, message)
+    return {**err.to_dict(), "code": status}
 
 
 def predictions(answer: Any) -> Any:

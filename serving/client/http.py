@@ -16,8 +16,10 @@ from serving.client.common import (
     Tensors,
     decode_answer,
     encode_instances,
+    error_document,
     host_and_port,
     json_inputs,
+    parse_error_body,
     predictions,
 )
 from serving.errors import AuthenticationError, CkptServeError, DeadlineExceededError, ServerError
@@ -151,15 +153,9 @@ def raise_for_status(status: int, data: bytes) -> Any:
     """
     if status < 400:
         return decode_answer(data)
-    try:
-        parsed: Any = json.loads(data) if data else None
-    except ValueError:
-        parsed = data.decode("utf-8", "replace")
-    if isinstance(parsed, dict):
-        message = str(parsed.get("error") or parsed.get("message") or parsed)
-        hint = parsed.get("hint") if isinstance(parsed.get("hint"), str) else None
-    else:
-        message, hint = str(parsed), None
+    parsed = parse_error_body(data)
+    doc = error_document(status, parsed)
+    message, hint = doc["error"], doc.get("hint") if isinstance(doc.get("hint"), str) else None
     if isinstance(parsed, dict) and parsed.get("type") == "InvalidKeyException":
         # TorchServe answers a missing or wrong key with 400, not 401: say which key to send.
         err = AuthenticationError(

@@ -29,7 +29,11 @@ _BY_HTTP: dict[int, type[CkptServeError]] = {
     504: DeadlineExceededError,
 }
 
-_TORCHSERVE_NOT_FOUND = ("ModelNotFoundException", "ModelVersionNotFoundException")
+TORCHSERVE_NOT_FOUND = ("ModelNotFoundException", "ModelVersionNotFoundException")
+MODEL_NOT_FOUND_HINT = (
+    "Check the model name (it is the archive's name, as in /predictions/NAME); the management API lists "
+    "the served models: GET /models on the management port (default http://127.0.0.1:8081/models)."
+)
 _TORCHSERVE_BUSY = ("has no worker", "ServiceUnavailableException", "queue is full", "Service unavailable")
 
 
@@ -73,10 +77,8 @@ def error_from_status(code: grpc.StatusCode | int, details: str, target: str) ->
     # TorchServe appends "\n<exception class>" to its descriptions; keep the sentence for people.
     message = details.split("\n", 1)[0].strip() or code.name
     message, _, hint = message.partition(" | what to do: ")  # the gateway's own layout, see details()
-    if any(marker in details for marker in _TORCHSERVE_NOT_FOUND):
-        return ModelNotFoundError(
-            message, hint=hint or "Check the name; the management API lists the served models (GET /models)."
-        )
+    if any(marker in details for marker in TORCHSERVE_NOT_FOUND):
+        return ModelNotFoundError(message, hint=hint or MODEL_NOT_FOUND_HINT)
     if "BadRequestException" in details:  # TorchServe's own 400s travel as INTERNAL
         return RequestError(message, hint=hint or None)
     if code is grpc.StatusCode.UNAVAILABLE:

@@ -17,6 +17,7 @@ from serving.checkpoints.layout import Layout
 from serving.checkpoints.memory import release_pages
 from serving.checkpoints.reader import CheckpointContents
 from serving.devices import placement
+from serving.diagnose import input_dtype_hint
 from serving.errors import CkptServeError
 from serving.loader import INFO_ATTRIBUTE, CheckpointInfo, checkpoint_info
 
@@ -60,7 +61,8 @@ def check_forward(
             out = forward(inputs)
     except Exception as exc:
         raise CandidateRejected(
-            f"The warm-up forward failed: {type(exc).__name__}: {str(exc)[:200]}."
+            f"The warm-up forward failed: {type(exc).__name__}: {str(exc)[:200]}.",
+            hint=input_dtype_hint(forward, inputs),
         ) from None
     out = out[0] if isinstance(out, (tuple, list)) else out
     if not torch.is_tensor(out):

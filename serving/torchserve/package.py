@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from serving.errors import ConfigError
-from serving.spec import parse_spec
 from serving.torchserve.archive import ArchiveFormat, build_archive
+from serving.torchserve.precheck import check_package, warn_if_no_watch_dir
 
 HANDLER_FILE = Path(__file__).resolve().parents[2] / "handlers" / "checkpoint_handler.py"
 
@@ -82,7 +82,14 @@ def package_model(
             if path.exists():
                 (staging / path.name).symlink_to(path.resolve())
         # Validate as the worker will see it: files at the archive's top level.
-        parse_spec(handler, model_dir=staging, source=f"{config or 'model-config.yaml'}")
+        spec = check_package(
+            handler,
+            staging=staging,
+            source=f"{config or 'model-config.yaml'}",
+            model_file=Path(model_file) if model_file else None,
+            extra_files=[Path(p) for p in extra_files],
+        )
+        warn_if_no_watch_dir(spec)
         merged = staging / "model-config.yaml"
         merged.write_text(yaml.safe_dump(data, sort_keys=False))
         return build_archive(

@@ -222,8 +222,9 @@ class TorchServeProcess:
         if state is not None and looks_like_torchserve(state.pgid):
             raise ServerError(
                 f"A TorchServe server (pid {state.pid}) already runs from {self.runtime_dir}.",
-                hint=f"Stop it first (`ckptserve stop`, or stop_from_state('{self.state_path}') in Python), "
-                "or give this server another runtime directory.",
+                hint=f"Stop it first (`ckptserve stop --runtime-dir {self.runtime_dir}`, or "
+                f"stop_from_state('{self.state_path}') in Python), or run this server beside it with its own "
+                "runtime directory and ports (`ckptserve serve --runtime-dir OTHER_DIR --http-port ...`).",
             )
         self.state_path.unlink(missing_ok=True)
 

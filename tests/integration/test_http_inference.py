@@ -115,7 +115,7 @@ def test_concurrent_requests_are_batched_and_match_unbatched(
         status, headers, body = predict(
             server, json.dumps({"instances": images[i : i + 1].tolist()}).encode()
         )
-        return status, int(headers["x-ckptserve-batch-size"]), json.loads(body)["predictions"][0]
+        return status, int(headers["x-ckptserve-batch-requests"]), json.loads(body)["predictions"][0]
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(len(images))))
@@ -174,7 +174,7 @@ def test_bad_requests_get_their_4xx_while_batch_neighbours_succeed(
         torch.testing.assert_close(
             torch.tensor(json.loads(body)["predictions"]), trained.reference(1, trained.images[:1])
         )
-    assert any(int(h["x-ckptserve-batch-size"]) > 1 for _, h, _ in results[8:]), (
+    assert any(int(h["x-ckptserve-batch-requests"]) > 1 for _, h, _ in results[8:]), (
         "no bad request shared a batch"
     )
     assert {w["pid"] for w in _workers(server)} == workers, "a worker died"

@@ -160,7 +160,9 @@ def exercise(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iter
             if i < len(GOOD):
                 status, headers, body = http(infer, json.dumps({"instances": [IMAGE] * GOOD[i]}).encode())
                 assert status == 200, body
-                assert headers["x-ckptserve-batch-size"] == "1"
+                # Instances in the forward pass, as the batch-size metric counts them; one request.
+                assert headers["x-ckptserve-batch-size"] == str(GOOD[i])
+                assert headers["x-ckptserve-batch-requests"] == "1"
             if i < len(BAD):
                 payload, content_type, expected, _ = BAD[i]
                 status, headers, body = http(infer, payload, content_type)
