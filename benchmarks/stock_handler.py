@@ -1,4 +1,4 @@
-"""The baseline for benchmarks: TorchServe's own BaseHandler, with the few lines a user adds for JSON in and top-k out.
+"""Benchmarks' baseline: TorchServe's own BaseHandler plus the few lines a user adds for JSON in, top-k out.
 
 Packaged by benchmarks/sweep.py next to the demo model (model_file + a whole-state-dict serialized_file).
 BaseHandler loads the weights, sets eval mode and runs ``inference`` under ``torch.inference_mode``.

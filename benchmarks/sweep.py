@@ -1,4 +1,4 @@
-"""Serving configurations of the demo model side by side: every server up at once, measured in alternating rounds.
+"""Serving configurations of the demo model side by side: all servers up at once, alternating rounds.
 
 ``python -m benchmarks sweep --configs NAME ... [--rounds 3 --seconds 5]``. Each configuration is a
 TorchServe of its own (model-config.yaml keys, handler keys, config.properties keys, environment);
@@ -75,7 +75,10 @@ CONFIGS: dict[str, Config] = {
     "w2-b8-d0-netty4": Config(model=W2, properties={**_true_delay(0, 8), "number_of_netty_threads": "4"}),
     "w2-b8-d0-fj1": Config(
         model=W2,
-        properties={**_true_delay(0, 8), "vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1"},
+        properties={
+            **_true_delay(0, 8),
+            "vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1",
+        },
     ),
     "w2-b8-d0-q100": Config(model=W2, properties={**_true_delay(0, 8), "job_queue_size": "100"}),
     "w2-b8-d0-active": Config(model=W2, properties=_true_delay(0, 8), env={"OMP_WAIT_POLICY": "ACTIVE"}),
@@ -183,7 +186,9 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", nargs="*", default=["defaults", "w2-b8-d5", "w2-b1"])
     parser.add_argument("--connections", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--rounds", type=int, default=3)
@@ -200,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown configurations {unknown}; --list shows them")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {c: {f"c{n}": [] for n in args.connections} for c in args.configs}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        c: {f"c{n}": [] for n in args.connections} for c in args.configs
+    }
     servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ckptserve-sweep-") as tmp:
         workdir = Path(tmp)

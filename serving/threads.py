@@ -1,4 +1,4 @@
-"""How many torch threads one worker may use: the workers TorchServe really starts over the CPUs this process may use.
+"""Torch threads for one worker: the CPUs this process may use over the workers TorchServe really starts.
 
 Runtime-independent (no ``ts`` import): the handler passes in what it read from its context. Sources,
 in TorchServe's own order of precedence for the worker count:
@@ -115,7 +115,7 @@ def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
         lines = []
     mounts: list[tuple[Path, str]] = []
     for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if controllers == "":  # v2: "0::/path" (mounted at "unified" on a hybrid v1/v2 host)
             mounts += [(root, path), (root / "unified", path)]
         elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"

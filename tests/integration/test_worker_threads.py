@@ -104,7 +104,9 @@ def test_every_worker_starts_with_a_passive_openmp_policy(server: TorchServeProc
     assert len(pids) == ready
     for pid in pids:
         environ = dict(
-            entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in entry
+            entry.split(b"=", 1)
+            for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"=" in entry
         )
         assert environ.get(b"OMP_WAIT_POLICY") == b"PASSIVE"
         assert WORKERS_ENV.encode() not in environ  # no --workers: TorchServe's default decides
@@ -132,7 +134,9 @@ def test_a_served_forward_under_load_costs_about_what_it_costs_in_process(
     # Clients in processes of their own: threads here would hold the GIL the in-process forwards need.
     stop = tmp_path / "stop"
     clients = [
-        subprocess.Popen([sys.executable, "-c", CLIENT, url, body.decode(), str(stop)], stdout=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, url, body.decode(), str(stop)], stdout=subprocess.PIPE
+        )
         for _ in range(CLIENTS)
     ]
     local: list[float] = []

@@ -98,7 +98,10 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
     root, proc = _cgroup(
         tmp_path,
         "5:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc",
-        {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "400000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"},
+        {
+            "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "400000",
+            "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
+        },
     )
     assert usable_cpus(affinity=set(range(32)), cgroup_root=root, proc_cgroup=proc) == 4
 
