@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +40,13 @@ class Config:
     handler: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    register: str | None = None  # query of POST /models: register through the API instead of load_models
     stock: bool = False  # TorchServe's BaseHandler (benchmarks/stock_handler.py) instead of ours
 
 
-def _true_delay(delay: int, batch: int) -> dict[str, str]:
-    # model-config.yaml reads maxBatchDelay 0 as unset (TorchServe then applies 100 ms); the models
-    # entry of config.properties is read as given.
-    return {"models": json.dumps({"digits": {"1.0": {"batchSize": batch, "maxBatchDelay": delay}}})}
+# model-config.yaml and config.properties' models entry both read maxBatchDelay 0 as unset (TorchServe
+# then applies 100 ms); only the registration API takes 0 as given.
+D0 = "batch_size=8&max_batch_delay=0"
 
 
 W2 = {"minWorkers": 2, "maxWorkers": 2}
@@ -62,30 +62,28 @@ CONFIGS: dict[str, Config] = {
     "w2-b8-d1": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 1}),
     "w2-b4-d1": Config(model={**W2, "batchSize": 4, "maxBatchDelay": 1}),
     "w2-b16-d1": Config(model={**W2, "batchSize": 16, "maxBatchDelay": 1}),
-    "w2-b8-d0": Config(model=W2, properties=_true_delay(0, 8)),
-    "w3-b8-d0": Config(model={"minWorkers": 3, "maxWorkers": 3}, properties=_true_delay(0, 8)),
-    "w4-b8-d0": Config(model={"minWorkers": 4, "maxWorkers": 4}, properties=_true_delay(0, 8)),
+    "w2-b8-d0": Config(model=W2, register=D0),
+    "w3-b8-d0": Config(model={"minWorkers": 3, "maxWorkers": 3}, register=D0),
+    "w4-b8-d0": Config(model={"minWorkers": 4, "maxWorkers": 4}, register=D0),
     "w4-b1": Config(model={"minWorkers": 4, "maxWorkers": 4, "batchSize": 1}),
     "w4-b8-d1": Config(model={"minWorkers": 4, "maxWorkers": 4, "batchSize": 8, "maxBatchDelay": 1}),
     "w1-b8-d1": Config(model={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 1}),
     "w1-t2-b8-d1": Config(
         model={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 1}, handler={"threads": 2}
     ),
-    "w2-b8-d0-netty1": Config(model=W2, properties={**_true_delay(0, 8), "number_of_netty_threads": "1"}),
-    "w2-b8-d0-netty4": Config(model=W2, properties={**_true_delay(0, 8), "number_of_netty_threads": "4"}),
+    "w2-b8-d0-netty1": Config(model=W2, register=D0, properties={"number_of_netty_threads": "1"}),
+    "w2-b8-d0-netty4": Config(model=W2, register=D0, properties={"number_of_netty_threads": "4"}),
     "w2-b8-d0-fj1": Config(
         model=W2,
-        properties={
-            **_true_delay(0, 8),
-            "vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1",
-        },
+        register=D0,
+        properties={"vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1"},
     ),
-    "w2-b8-d0-q100": Config(model=W2, properties={**_true_delay(0, 8), "job_queue_size": "100"}),
-    "w2-b8-d0-active": Config(model=W2, properties=_true_delay(0, 8), env={"OMP_WAIT_POLICY": "ACTIVE"}),
+    "w2-b8-d0-q100": Config(model=W2, register=D0, properties={"job_queue_size": "100"}),
+    "w2-b8-d0-active": Config(model=W2, register=D0, env={"OMP_WAIT_POLICY": "ACTIVE"}),
     "stock-w2-b1": Config(model={**W2, "batchSize": 1}, env=ONE_THREAD, stock=True),
     "stock-w2-b8-d5": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 5}, env=ONE_THREAD, stock=True),
     "stock-w2-b8-d1": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 1}, env=ONE_THREAD, stock=True),
-    "stock-w2-b8-d0": Config(model=W2, properties=_true_delay(0, 8), env=ONE_THREAD, stock=True),
+    "stock-w2-b8-d0": Config(model=W2, register=D0, env=ONE_THREAD, stock=True),
     # our handler at stock's settings (OMP_NUM_THREADS=1 too), for the equal-settings ratio
     "ours-w2-b1": Config(model={**W2, "batchSize": 1}, env=ONE_THREAD),
     "ours-w2-b8-d5": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 5}, env=ONE_THREAD),
@@ -159,14 +157,22 @@ def _start(name: str, cfg: Config, workdir: Path, checkpoint: Path, state_dict: 
     settings = ServerSettings(
         model_store=store,
         runtime_dir=workdir / name / "rt",
-        models=["digits=digits.mar"],
+        models=[] if cfg.register else ["digits=digits.mar"],
         metrics_config=None if cfg.stock else METRICS_CONFIG,
-        extra=cfg.properties,
+        extra={**cfg.properties, **({"enable_model_api": "true"} if cfg.register else {})},
         **free_ports(),
     )
     server = Server(settings)
     with _environment(cfg.env):
         server.start(timeout_s=300)
+        if cfg.register:
+            workers = cfg.model.get("minWorkers", 2)
+            query = f"url=digits.mar&initial_workers={workers}&synchronous=true&{cfg.register}"
+            request = urllib.request.Request(
+                f"{server.torchserve.urls.management}/models?{query}", method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=300) as response:
+                response.read()
     return server
 
 

@@ -112,6 +112,9 @@ def _nested_shape(x: Any) -> tuple[int, ...] | None:
     return (len(x), *(shapes.pop() if shapes else ()))
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
 def _to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """The checked (n, ...) array as a contiguous tensor of spec.dtype."""
     target_is_float = spec.dtype.is_floating_point
@@ -124,6 +127,13 @@ def _to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
                 f"instance {i} holds non-integer values; this model expects {spec.dtype} inputs",
                 hint="send whole numbers",
             )
+    fast = _NUMPY_FLOATS.get(spec.dtype)
+    if fast is not None:
+        # numpy's cast and check cost a fifth of torch's on request-sized arrays (per request, every batch)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: refused below, as NaN is
+            cast = np.ascontiguousarray(arr, dtype=fast)
+        if spec.allow_nonfinite or np.isfinite(cast).all():
+            return torch.from_numpy(cast)
     tensor = torch.from_numpy(arr).to(spec.dtype).contiguous()
     # checked after the cast: float64 values beyond the float32 range become Inf here
     if target_is_float and not spec.allow_nonfinite:

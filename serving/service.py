@@ -82,6 +82,8 @@ class InferenceService:
         self.postprocess = postprocess
         self.model_name = model_name
         self.model_version = model_version
+        # placement() walks every parameter: once per model, not once per batch (a reload swaps models).
+        self._placed: tuple[nn.Module, tuple[torch.device, torch.dtype]] | None = None
 
     def infer(self, requests: Sequence[tuple[Any, str | None]]) -> tuple[list[Reply], BatchReport]:
         """``requests``: (body, content type) pairs; returns one Reply per request, in order."""
@@ -149,14 +151,21 @@ class InferenceService:
             if len(members) > 1
             else decoded[members[0]].instances
         )
-        device, dtype = placement(model)
+        if self._placed is None or self._placed[0] is not model:
+            self._placed = (model, placement(model))
+        device, dtype = self._placed[1]
+        target = dtype if batch.is_floating_point() else batch.dtype
+        if batch.device != device or batch.dtype != target:
+            batch = batch.to(device=device, dtype=target)
         with torch.inference_mode():
-            out = model(batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype))
+            out = model(batch)
         if isinstance(out, (tuple, list)):  # models that return (logits, extras): serve the first
             out = out[0]
         if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0]:
             raise RuntimeError(f"the model returned {type(out).__name__} without one row per instance")
         out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
+        if len(members) == 1:
+            return {members[0]: out}
         sizes = [decoded[i].instances.shape[0] for i in members]
         return dict(zip(members, torch.split(out, sizes), strict=True))
 
