@@ -16,6 +16,8 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,15 +73,12 @@ CONFIGS: dict[str, Config] = {
     "w1-t2-b8-d1": Config(
         model={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 1}, handler={"threads": 2}
     ),
-    "w2-b8-d0-netty1": Config(model=W2, register=D0, properties={"number_of_netty_threads": "1"}),
-    "w2-b8-d0-netty4": Config(model=W2, register=D0, properties={"number_of_netty_threads": "4"}),
-    "w2-b8-d0-fj1": Config(
-        model=W2,
-        register=D0,
-        properties={"vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1"},
-    ),
-    "w2-b8-d0-q100": Config(model=W2, register=D0, properties={"job_queue_size": "100"}),
-    "w2-b8-d0-active": Config(model=W2, register=D0, env={"OMP_WAIT_POLICY": "ACTIVE"}),
+    # TorchServe's own knobs, on the defaults
+    "netty1": Config(properties={"number_of_netty_threads": "1", "netty_client_threads": "1"}),
+    "netty4": Config(properties={"number_of_netty_threads": "4", "netty_client_threads": "4"}),
+    "fj1": Config(properties={"vmargs": "-Djava.util.concurrent.ForkJoinPool.common.parallelism=1"}),
+    "queue100": Config(properties={"job_queue_size": "100"}),
+    "omp-active": Config(env={"OMP_WAIT_POLICY": "ACTIVE"}),
     "stock-w2-b1": Config(model={**W2, "batchSize": 1}, env=ONE_THREAD, stock=True),
     "stock-w2-b8-d5": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 5}, env=ONE_THREAD, stock=True),
     "stock-w2-b8-d1": Config(model={**W2, "batchSize": 8, "maxBatchDelay": 1}, env=ONE_THREAD, stock=True),
@@ -168,11 +167,17 @@ def _start(name: str, cfg: Config, workdir: Path, checkpoint: Path, state_dict: 
         if cfg.register:
             workers = cfg.model.get("minWorkers", 2)
             query = f"url=digits.mar&initial_workers={workers}&synchronous=true&{cfg.register}"
-            request = urllib.request.Request(
-                f"{server.torchserve.urls.management}/models?{query}", method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=300) as response:
-                response.read()
+            url = f"{server.torchserve.urls.management}/models?{query}"
+            deadline = time.monotonic() + 120
+            while True:  # with no model to wait for, start() returns before the API listens
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=300) as r:
+                        r.read()
+                    break
+                except urllib.error.URLError as exc:
+                    if isinstance(exc, urllib.error.HTTPError) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
     return server
 
 

@@ -385,8 +385,12 @@ def encode_response(
     model_name: str,
     post: PostProcess,
     model_version: str | None = None,
+    ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[bytes, str]:
-    """Post-process the model's (n, ...) outputs and serialize them in the request's protocol."""
+    """Post-process the model's (n, ...) outputs and serialize them in the request's protocol.
+
+    ``ranked``: this request's (scores, indices) for top-k, when the caller ranked a whole batch at once.
+    """
     outputs = outputs.detach().cpu()
     n = len(request.instances)
     if outputs.ndim == 0 or outputs.shape[0] != n:
@@ -399,9 +403,10 @@ def encode_response(
             f"post-processing {post.kind!r} needs (n, classes) outputs; the model gave {list(outputs.shape)}",
             hint="set the handler's post-processing to 'raw' for this model",
         )
-    values = outputs if post.kind == "raw" else outputs.float().softmax(dim=-1)
+    values = outputs if post.kind == "raw" or ranked is not None else outputs.float().softmax(dim=-1)
     if post.kind == "topk":
-        scores, indices = values.topk(min(post.k, values.shape[-1]), dim=-1)  # sorted, highest first
+        # sorted, highest first
+        scores, indices = ranked if ranked is not None else values.topk(min(post.k, values.shape[-1]), dim=-1)
         labels = post.labels or ()
         if request.protocol is not Protocol.V2:
             preds = [

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+# One request's rows of the batch's output, and its (scores, indices) when top-k ranked the batch at once.
+Output = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]
+
+
 class ModelFailedError(RequestError):
     """The model raised on this request's input (for example a size its layers cannot take)."""
 
@@ -106,7 +110,7 @@ class InferenceService:
         times.batch_size = sum(r.instances.shape[0] for r in decoded.values())
 
         started = time.perf_counter()
-        for idx, out in outputs.items():
+        for idx, (out, ranked) in outputs.items():
             try:
                 body, content_type = encode_response(
                     out,
@@ -114,6 +118,7 @@ class InferenceService:
                     model_name=self.model_name,
                     post=self.postprocess,
                     model_version=self.model_version,
+                    ranked=ranked,
                 )
                 replies[idx] = Reply(body, content_type)
             except Exception as exc:
@@ -125,12 +130,12 @@ class InferenceService:
 
     def _forward_grouped(
         self, model: nn.Module, decoded: dict[int, DecodedRequest], replies: list[Reply | None]
-    ) -> dict[int, torch.Tensor]:
+    ) -> dict[int, Output]:
         # Requests of one instance shape share a forward pass; with a fixed input shape that is all.
         groups: dict[tuple[int, ...], list[int]] = {}
         for idx, req in decoded.items():
             groups.setdefault(tuple(req.instances.shape[1:]), []).append(idx)
-        outputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, Output] = {}
         for members in groups.values():
             try:
                 outputs.update(self._forward(model, decoded, members))
@@ -145,7 +150,7 @@ class InferenceService:
 
     def _forward(
         self, model: nn.Module, decoded: dict[int, DecodedRequest], members: list[int]
-    ) -> dict[int, torch.Tensor]:
+    ) -> dict[int, Output]:
         batch = (
             torch.cat([decoded[i].instances for i in members])
             if len(members) > 1
@@ -164,10 +169,19 @@ class InferenceService:
         if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0]:
             raise RuntimeError(f"the model returned {type(out).__name__} without one row per instance")
         out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
+        post = self.postprocess
+        ranked = None
+        if post.kind == "topk" and out.ndim == 2 and out.is_floating_point():
+            # One softmax and top-k for the batch, not one per request (a fixed cost per call).
+            ranked = out.softmax(dim=-1).topk(min(post.k, out.shape[-1]), dim=-1)
         if len(members) == 1:
-            return {members[0]: out}
+            return {members[0]: (out, (ranked[0], ranked[1]) if ranked is not None else None)}
         sizes = [decoded[i].instances.shape[0] for i in members]
-        return dict(zip(members, torch.split(out, sizes), strict=True))
+        parts = [torch.split(t, sizes) for t in (out, *(ranked or ()))]
+        return {
+            idx: (part[0], (part[1], part[2]) if ranked is not None else None)
+            for idx, part in zip(members, zip(*parts, strict=True), strict=True)
+        }
 
     def _model_failed(self, exc: Exception) -> ModelFailedError:
         return ModelFailedError(
