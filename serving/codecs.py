@@ -362,13 +362,17 @@ def _nonfinite_as_text(obj: Any) -> Any:
     return obj
 
 
+# Built once: json.dumps with options builds a new encoder on every call (a quarter of its cost here).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(obj: Any) -> bytes:
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(obj).encode()
     except ValueError:
         # Strict JSON has no NaN/Infinity and many clients reject the bare literals; a model may still
         # emit -inf logits. Spell them as the strings proto3's JSON mapping uses (slow path only).
-        return json.dumps(_nonfinite_as_text(obj), separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(_nonfinite_as_text(obj)).encode()
 
 
 def _v2_output(name: str, tensor: torch.Tensor) -> dict[str, Any]:
