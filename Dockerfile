@@ -98,7 +98,11 @@ COPY --from=builder /src/model_store /app/model_store
 # root filesystem can be read-only (Kubernetes mounts emptyDirs there); the installed packages were
 # compiled by pip, so nothing tries to write .pyc files at run time. NVIDIA_DRIVER_CAPABILITIES only
 # matters on a GPU node: it asks the container toolkit for the CUDA driver libraries.
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep after each parallel region instead of spinning on cores
+# that sibling workers need (libgomp reads it when torch is imported, before the handler runs; see
+# docs/performance.md). `ckptserve serve` sets the same default for any install.
 ENV PATH=/opt/venv/bin:$PATH \
+    OMP_WAIT_POLICY=PASSIVE \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     TEMP=/tmp \

@@ -27,6 +27,7 @@ from serving.reload import ModelSlot, Reloader, check_forward, check_weights_fin
 from serving.reload.watcher import Rejection
 from serving.service import InferenceService
 from serving.spec import ModelSpec, missing_checkpoint_error, parse_spec
+from serving.threads import apply_threads, plan_threads
 
 log = logging.getLogger("ckptserve.handler")
 # The load-error line goes through the root logger: it stays plain text with json_logs too, because
@@ -189,11 +190,11 @@ class CheckpointHandler:
         self.metrics = HandlerMetrics(
             _torchserve_emit(ts_metrics) if spec.metrics and ts_metrics is not None else None, registered
         )
-        self.threads = spec.threads or max(
-            1, (os.cpu_count() or 1) // int(yaml_config.get("minWorkers", 1) or 1)
-        )
         # Each worker is its own process: torch's default (all cores each) makes workers fight.
-        torch.set_num_threads(self.threads)
+        plan = plan_threads(yaml_config, threads=spec.threads, gpus=_gpu_count(props.get("gpu_id")))
+        apply_threads(plan)
+        self.threads = plan.intra_op
+        log.info("threads: %s", plan.to_dict())
         started = time.perf_counter()
         gpu_id = props.get("gpu_id")
         sample = sample_input(spec.input.shape, spec.input.dtype)
@@ -346,6 +347,11 @@ def _torchserve_emit(ts_metrics: Any) -> Emit:
 
 def _rejections(rejected: Sequence[Rejection]) -> str:
     return "; ".join(f"{Path(r.path).name}: {r.reason}" for r in rejected)
+
+
+def _gpu_count(gpu_id: Any) -> int:
+    # TorchServe's default starts one worker per GPU when it sees any (gpu_id is None on CPU).
+    return torch.cuda.device_count() if gpu_id is not None else 0
 
 
 def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:

@@ -112,6 +112,9 @@ def _nested_shape(x: Any) -> tuple[int, ...] | None:
     return (len(x), *(shapes.pop() if shapes else ()))
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
 def _to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """The checked (n, ...) array as a contiguous tensor of spec.dtype."""
     target_is_float = spec.dtype.is_floating_point
@@ -124,6 +127,13 @@ def _to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
                 f"instance {i} holds non-integer values; this model expects {spec.dtype} inputs",
                 hint="send whole numbers",
             )
+    fast = _NUMPY_FLOATS.get(spec.dtype)
+    if fast is not None:
+        # numpy's cast and check cost a fifth of torch's on request-sized arrays (per request, every batch)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: refused below, as NaN is
+            cast = np.ascontiguousarray(arr, dtype=fast)
+        if spec.allow_nonfinite or np.isfinite(cast).all():
+            return torch.from_numpy(cast)
     tensor = torch.from_numpy(arr).to(spec.dtype).contiguous()
     # checked after the cast: float64 values beyond the float32 range become Inf here
     if target_is_float and not spec.allow_nonfinite:
@@ -352,13 +362,17 @@ def _nonfinite_as_text(obj: Any) -> Any:
     return obj
 
 
+# Built once: json.dumps with options builds a new encoder on every call (a quarter of its cost here).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(obj: Any) -> bytes:
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(obj).encode()
     except ValueError:
         # Strict JSON has no NaN/Infinity and many clients reject the bare literals; a model may still
         # emit -inf logits. Spell them as the strings proto3's JSON mapping uses (slow path only).
-        return json.dumps(_nonfinite_as_text(obj), separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(_nonfinite_as_text(obj)).encode()
 
 
 def _v2_output(name: str, tensor: torch.Tensor) -> dict[str, Any]:
@@ -375,8 +389,12 @@ def encode_response(
     model_name: str,
     post: PostProcess,
     model_version: str | None = None,
+    ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[bytes, str]:
-    """Post-process the model's (n, ...) outputs and serialize them in the request's protocol."""
+    """Post-process the model's (n, ...) outputs and serialize them in the request's protocol.
+
+    ``ranked``: this request's (scores, indices) for top-k, when the caller ranked a whole batch at once.
+    """
     outputs = outputs.detach().cpu()
     n = len(request.instances)
     if outputs.ndim == 0 or outputs.shape[0] != n:
@@ -389,9 +407,10 @@ def encode_response(
             f"post-processing {post.kind!r} needs (n, classes) outputs; the model gave {list(outputs.shape)}",
             hint="set the handler's post-processing to 'raw' for this model",
         )
-    values = outputs if post.kind == "raw" else outputs.float().softmax(dim=-1)
+    values = outputs if post.kind == "raw" or ranked is not None else outputs.float().softmax(dim=-1)
     if post.kind == "topk":
-        scores, indices = values.topk(min(post.k, values.shape[-1]), dim=-1)  # sorted, highest first
+        # sorted, highest first
+        scores, indices = ranked if ranked is not None else values.topk(min(post.k, values.shape[-1]), dim=-1)
         labels = post.labels or ()
         if request.protocol is not Protocol.V2:
             preds = [

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+# One request's rows of the batch's output, and its (scores, indices) when top-k ranked the batch at once.
+Output = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]
+
+
 class ModelFailedError(RequestError):
     """The model raised on this request's input (for example a size its layers cannot take)."""
 
@@ -83,6 +87,8 @@ class InferenceService:
         self.postprocess = postprocess
         self.model_name = model_name
         self.model_version = model_version
+        # placement() walks every parameter: once per model, not once per batch (a reload swaps models).
+        self._placed: tuple[nn.Module, tuple[torch.device, torch.dtype]] | None = None
 
     def infer(self, requests: Sequence[tuple[Any, str | None]]) -> tuple[list[Reply], BatchReport]:
         """``requests``: (body, content type) pairs; returns one Reply per request, in order."""
@@ -105,7 +111,7 @@ class InferenceService:
         times.batch_size = sum(r.instances.shape[0] for r in decoded.values())
 
         started = time.perf_counter()
-        for idx, out in outputs.items():
+        for idx, (out, ranked) in outputs.items():
             try:
                 body, content_type = encode_response(
                     out,
@@ -113,6 +119,7 @@ class InferenceService:
                     model_name=self.model_name,
                     post=self.postprocess,
                     model_version=self.model_version,
+                    ranked=ranked,
                 )
                 replies[idx] = Reply(body, content_type)
             except Exception as exc:
@@ -124,12 +131,12 @@ class InferenceService:
 
     def _forward_grouped(
         self, model: nn.Module, decoded: dict[int, DecodedRequest], replies: list[Reply | None]
-    ) -> dict[int, torch.Tensor]:
+    ) -> dict[int, Output]:
         # Requests of one instance shape share a forward pass; with a fixed input shape that is all.
         groups: dict[tuple[int, ...], list[int]] = {}
         for idx, req in decoded.items():
             groups.setdefault(tuple(req.instances.shape[1:]), []).append(idx)
-        outputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, Output] = {}
         for members in groups.values():
             try:
                 outputs.update(self._forward(model, decoded, members))
@@ -145,22 +152,38 @@ class InferenceService:
 
     def _forward(
         self, model: nn.Module, decoded: dict[int, DecodedRequest], members: list[int]
-    ) -> dict[int, torch.Tensor]:
+    ) -> dict[int, Output]:
         batch = (
             torch.cat([decoded[i].instances for i in members])
             if len(members) > 1
             else decoded[members[0]].instances
         )
-        device, dtype = placement(model)
+        if self._placed is None or self._placed[0] is not model:
+            self._placed = (model, placement(model))
+        device, dtype = self._placed[1]
+        target = dtype if batch.is_floating_point() else batch.dtype
+        if batch.device != device or batch.dtype != target:
+            batch = batch.to(device=device, dtype=target)
         with torch.inference_mode():
-            out = model(batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype))
+            out = model(batch)
         if isinstance(out, (tuple, list)):  # models that return (logits, extras): serve the first
             out = out[0]
         if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0]:
             raise RuntimeError(f"the model returned {type(out).__name__} without one row per instance")
         out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
+        post = self.postprocess
+        ranked = None
+        if post.kind == "topk" and out.ndim == 2 and out.is_floating_point():
+            # One softmax and top-k for the batch, not one per request (a fixed cost per call).
+            ranked = out.softmax(dim=-1).topk(min(post.k, out.shape[-1]), dim=-1)
+        if len(members) == 1:
+            return {members[0]: (out, (ranked[0], ranked[1]) if ranked is not None else None)}
         sizes = [decoded[i].instances.shape[0] for i in members]
-        return dict(zip(members, torch.split(out, sizes), strict=True))
+        parts = [torch.split(t, sizes) for t in (out, *(ranked or ()))]
+        return {
+            idx: (part[0], (part[1], part[2]) if ranked is not None else None)
+            for idx, part in zip(members, zip(*parts, strict=True), strict=True)
+        }
 
     def _model_failed(self, exc: Exception, model: nn.Module, inputs: torch.Tensor) -> ModelFailedError:
         return ModelFailedError(

@@ -55,7 +55,7 @@ class ModelSpec:
     safe_globals: tuple[str, ...] = ()
     input: InputSpec = field(default_factory=lambda: InputSpec(shape=()))
     postprocess: PostProcess = field(default_factory=PostProcess)
-    threads: int | None = None  # intra-op threads per worker; None = cores / workers
+    threads: int | None = None  # intra-op threads per worker; None: serving.threads decides
     reload: ReloadSpec = field(default_factory=ReloadSpec)
     json_logs: bool = False
     metrics: bool = True  # handler metrics (serving.metrics); off only to measure what they cost

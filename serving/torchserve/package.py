@@ -15,6 +15,11 @@ from serving.torchserve.precheck import check_package, warn_if_no_watch_dir
 
 HANDLER_FILE = Path(__file__).resolve().parents[2] / "handlers" / "checkpoint_handler.py"
 
+# TorchServe keys the archive's model-config.yaml gets when the user's yaml leaves them out: the
+# fastest configuration measured (docs/performance.md). No minWorkers: TorchServe then starts one
+# worker per CPU the JVM may use (quota-aware), and the handler gives each worker its share of threads.
+MODEL_DEFAULTS: dict[str, Any] = {"batchSize": 8, "maxBatchDelay": 1}
+
 
 def handler_path() -> Path:
     """The handler module that every archive carries (installed with the package)."""
@@ -37,6 +42,16 @@ def read_model_config(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{str(path)!r} should hold a YAML mapping, found {type(data).__name__}.")
     return data
+
+
+def _refuse_zero_delay(data: Mapping[str, Any], config: str | Path | None) -> None:
+    # TorchServe 0.12.0 takes a yaml maxBatchDelay of 0 for "unset" and waits its default 100 ms.
+    if "maxBatchDelay" in data and data["maxBatchDelay"] == 0:
+        raise ConfigError(
+            f"{config or 'model-config.yaml'}: maxBatchDelay 0 is read by TorchServe 0.12.0 as unset, "
+            "which makes every batch wait its default of 100 ms.",
+            hint="Use maxBatchDelay: 1 (the shortest wait it honours), or batchSize: 1 for no batching.",
+        )
 
 
 def package_model(
@@ -73,7 +88,8 @@ def package_model(
     if watch_dir is not None:
         handler["watch_dir"] = str(Path(watch_dir).resolve())
     handler.update(handler_overrides or {})
-    data["handler"] = handler
+    _refuse_zero_delay(data, config)
+    data = {**MODEL_DEFAULTS, **data, "handler": handler}  # the user's keys win
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ckptserve-package-") as tmp:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import ServerError
+from serving.threads import WORKERS_ENV, worker_env
 from serving.torchserve.config import ServerSettings, archive_entries, model_names, render_properties
 from serving.torchserve.procgroup import (
     check_ports_free,
@@ -160,6 +161,9 @@ class TorchServeProcess:
             LOG_LOCATION=str(self.log_dir),
             METRICS_LOCATION=str(self.log_dir),
         )
+        env.update(worker_env(settings.workers, os.environ))
+        if settings.workers is None:
+            env.pop(WORKERS_ENV, None)  # a stale one from our own caller would mislead the workers
 
         # Both TorchServe's built-in log config and ours write worker output to LOG_LOCATION/model_log.log;
         # a custom log_config must keep that file for wait_ready to explain failed loads.
