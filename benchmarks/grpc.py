@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import percentile, save_results
+from benchmarks.common import median, percentile, save_results
 from benchmarks.http import DIGITS, sample_body, start_demo_server, wrk
 
 # A second registration of the demo archive for StreamPredictions2: TorchServe 0.12 streams only to
@@ -39,7 +39,15 @@ STREAM_CONFIG = {
 
 
 async def _load(
-    kind: str, target: str, payload: bytes, concurrency: int, warmup_s: float, seconds: float, window: int
+    kind: str,
+    target: str,
+    payload: bytes,
+    concurrency: int,
+    warmup_s: float,
+    seconds: float,
+    window: int,
+    model: str = "digits",
+    shape: tuple[int, ...] = (1, 1, 8, 8),
 ) -> dict[str, Any]:
     import grpc
 
@@ -67,19 +75,19 @@ async def _load(
         client = AsyncHttpClient(target, retries=0)
 
         async def one() -> bool:
-            status, _ = await client.request("POST", "/predictions/digits", payload, "application/json")
+            status, _ = await client.request("POST", f"/predictions/{model}", payload, "application/json")
             return status == 200
     elif kind in ("grpc-json", "grpc-npy"):
         predictions = inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions
-        request = inference_pb2.PredictionsRequest(model_name="digits", input={"data": payload})
+        request = inference_pb2.PredictionsRequest(model_name=model, input={"data": payload})
 
         async def one() -> bool:
             await predictions(request, timeout=30)
             return True
     elif kind == "oip":
         infer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-        tensor = oip.ModelInferRequest.InferInputTensor(name="input__0", datatype="FP32", shape=[1, 1, 8, 8])
-        request = oip.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[payload])
+        tensor = oip.ModelInferRequest.InferInputTensor(name="input__0", datatype="FP32", shape=list(shape))
+        request = oip.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[payload])
 
         async def one() -> bool:
             await infer(request, timeout=30)
@@ -131,7 +139,7 @@ async def _load(
     return {"latencies": latencies, "errors": errors}
 
 
-def _child(args: tuple[str, str, bytes, int, float, float, int]) -> dict[str, Any]:
+def _child(args: tuple[Any, ...]) -> dict[str, Any]:
     return asyncio.run(_load(*args))
 
 
@@ -145,10 +153,15 @@ def run_load(
     seconds: float,
     window: int = 1,
     warmup_s: float = 2.0,
+    model: str = "digits",
+    shape: tuple[int, ...] | list[int] = (1, 1, 8, 8),
 ) -> dict[str, float]:
-    """``concurrency`` callers (streams for grpc-stream) spread over ``processes`` processes."""
+    """``concurrency`` callers (streams for grpc-stream) of ``model`` spread over ``processes`` processes.
+
+    ``shape`` is the OIP request's tensor shape (batch first); other kinds send ``payload`` as it is.
+    """
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
-    jobs = [(kind, target, payload, n, warmup_s, seconds, window) for n in shares if n]
+    jobs = [(kind, target, payload, n, warmup_s, seconds, window, model, tuple(shape)) for n in shares if n]
     # spawn, not fork: grpc's threads do not survive a fork
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         parts = pool.map(_child, jobs)
@@ -208,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--window", type=int, default=4, help="requests in flight per stream (pipelining)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of gateway vs direct")
     args = parser.parse_args(argv)
 
     from serving.grpc.process import GatewayProcess, GatewaySettings
@@ -289,28 +303,66 @@ def main(argv: list[str] | None = None) -> None:
                     kind, target, body, concurrency=callers, processes=p, seconds=s, window=window
                 )
                 _print(label, rows[label])
+            overhead = gateway_overhead(
+                urls.grpc_inference,
+                gateway.settings.endpoint,
+                payload,
+                rounds=args.rounds,
+                seconds=s,
+                processes=p,
+            )
         finally:
             if gateway is not None:
                 gateway.stop()
             server.stop()
-    direct, via = rows["TorchServe gRPC Predictions (npy)"], rows["OIP v2 gateway ModelInfer (raw FP32)"]
-    overhead = {
-        "rps_ratio": via["rps"] / direct["rps"] if direct["rps"] else 0.0,
-        "p50_ratio": via["p50_ms"] / direct["p50_ms"] if direct["p50_ms"] else 0.0,
-        "p99_ratio": via["p99_ms"] / direct["p99_ms"] if direct["p99_ms"] else 0.0,
-    }
-    print(
-        f"OIP gateway vs direct TorchServe gRPC (npy): throughput x{overhead['rps_ratio']:.2f}, "
-        f"p50 x{overhead['p50_ratio']:.2f}, p99 x{overhead['p99_ratio']:.2f}"
-    )
     setup = (
         "demo model-config.yaml (2 workers, batchSize 8, maxBatchDelay 5 ms, top-k answers); one image per "
         f"request; {STREAM_MODEL}: the same archive with {STREAM_CONFIG}; load generator and server share "
         "the machine's cores"
     )
-    config = {"seconds": s, "concurrency": c, "processes": p, "window": args.window}
+    config = {"seconds": s, "concurrency": c, "processes": p, "window": args.window, "rounds": args.rounds}
     path = save_results("grpc", {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
     print(f"results: {path}")
+
+
+def gateway_overhead(
+    direct: str, gateway: str, payload: dict[str, bytes], *, rounds: int, seconds: float, processes: int
+) -> dict[str, dict[str, float]]:
+    """The OIP gateway against direct TorchServe gRPC (npy), alternating, at 16 and 1 outstanding requests.
+
+    Rows taken one after the other drift with the machine's load (30% here); the two sides take turns
+    ``rounds`` times and the ratios are of the medians.
+    """
+    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for c in (16, 1):
+            for side, kind, target, body in (
+                ("direct", "grpc-npy", direct, payload["npy"]),
+                ("gateway", "oip", gateway, payload["raw"]),
+            ):
+                r = run_load(kind, target, body, concurrency=c, processes=min(c, processes), seconds=seconds)
+                samples.setdefault((c, side), []).append(r)
+    overhead = {}
+    for c in (16, 1):
+        d, g = (
+            {k: median([r[k] for r in samples[(c, side)]]) for k in ("rps", "p50_ms")}
+            for side in ("direct", "gateway")
+        )
+        overhead[f"c{c}"] = {
+            "direct_rps": d["rps"],
+            "gateway_rps": g["rps"],
+            "rps_ratio": g["rps"] / d["rps"] if d["rps"] else 0.0,
+            "direct_p50_ms": d["p50_ms"],
+            "gateway_p50_ms": g["p50_ms"],
+            "p50_added_ms": g["p50_ms"] - d["p50_ms"],
+        }
+        o = overhead[f"c{c}"]
+        print(
+            f"OIP gateway vs direct TorchServe gRPC (npy), c={c}, median of {rounds} alternating rounds: "
+            f"{o['gateway_rps']:.0f} vs {o['direct_rps']:.0f} req/s (x{o['rps_ratio']:.2f}), "
+            f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms)"
+        )
+    return overhead
 
 
 def _print(label: str, r: dict[str, float]) -> None:

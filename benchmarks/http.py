@@ -94,6 +94,8 @@ def wrk(url: str, body: Path, connections: int, seconds: int, threads: int = 2) 
         result[f"p{pct}_ms"] = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = float(sum(map(int, sockets.groups()))) if sockets else 0.0  # timeouts too
     return result
 
 
