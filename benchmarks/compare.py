@@ -425,10 +425,15 @@ def _ratios(results: dict[str, Any], model: str, plan: Plan) -> list[str]:
     mid = str(16 if 16 in plan.concurrency else max(plan.concurrency))
     low = str(min(plan.concurrency))
     base = http.get("torchserve-stock")
-    for name in (n for n in http if base and n != "torchserve-stock" and base[mid]["rps"]):
-        rps = http[name][mid]["rps"] / base[mid]["rps"]
-        p50 = http[name][low]["p50_ms"] / base[low]["p50_ms"]
-        out.append(f"{name} / torchserve-stock: req/s x{rps:.2f} at c={mid}, p50 x{p50:.2f} at c={low}")
+    for name in (n for n in http if base and n != "torchserve-stock"):
+        ours, theirs = http[name], base
+        rps = f"x{ours[mid]['rps'] / theirs[mid]['rps']:.2f}" if theirs[mid]["rps"] else "n/a"
+        p50 = (
+            f"x{ours[low]['p50_ms'] / theirs[low]['p50_ms']:.2f}"
+            if ours[low]["rps"] and theirs[low]["rps"]
+            else "n/a"
+        )
+        out.append(f"{name} / torchserve-stock: req/s {rps} at c={mid}, p50 {p50} at c={low}")
     grpc = results["grpc"].get(model, {})
     direct, via = grpc.get(GRPC_ROWS[0][0]), grpc.get(GRPC_ROWS[2][0])
     for c in (str(c) for c in plan.grpc_concurrency if direct and via and direct[str(c)]["rps"]):
