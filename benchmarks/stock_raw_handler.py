@@ -1,4 +1,4 @@
-"""Stock TorchServe for the compare benchmark: BaseHandler with only the JSON body decoding it lacks, raw logits out.
+"""Stock TorchServe for the compare benchmark: BaseHandler plus the JSON decoding it lacks; raw logits out.
 
 Not product code: the baseline that ckptserve's handler is measured against. BaseHandler loads the
 eager model (the archive's one model class and its state dict) and runs it under inference mode.
