@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {name: f"benchmarks.{name}" for name in ("load", "http", "reload", "grpc", "metrics")}
+BENCHMARKS = {name: f"benchmarks.{name}" for name in ("load", "http", "reload", "grpc", "metrics", "bodies")}
 
 
 def main() -> None:
