@@ -73,7 +73,7 @@ def _detect_zip(path: Path) -> Layout:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # untrusted bytes: zipfile also raises NotImplementedError, ValueError, ...
         raise CorruptCheckpointError(
             f"{str(path)!r} starts like a torch.save/TorchScript archive but cannot be read ({exc}); "
             "it is truncated, still being written, or damaged.",
