@@ -117,3 +117,15 @@ def test_large_refused_bodies_leave_the_workers_no_bigger(
     assert after.keys() == before.keys(), "a worker restarted"
     growth = {pid: after[pid] - before[pid] for pid in before}  # MiB
     assert all(g < 150 for g in growth.values()), growth
+
+
+def test_an_empty_multipart_boundary_fails_in_the_frontend_and_harms_no_worker(
+    server: TorchServeProcess, trained: Trained
+) -> None:
+    # TorchServe 0.12.0's frontend throws (netty's HttpPostRequestDecoder.getMultipartDataBoundary)
+    # before any job exists: nothing in its config or in the handler can turn this 500 into a 4xx.
+    before = worker_rss(server.urls.management)
+    status, _ = send(server, "/predictions/digits", b"ab", {"Content-Type": "multipart/form-data; boundary="})
+    assert status == 500
+    ok = send(server, "/predictions/digits", _one_image(trained), {"Content-Type": "application/json"})
+    assert ok[0] == 200 and worker_rss(server.urls.management).keys() == before.keys()
