@@ -324,7 +324,9 @@ def _is_describe(context: Any, idx: int, row: dict[str, Any]) -> bool:
     TorchServe forwards every client header to the worker and sends a describe job as an ordinary
     request, so the header alone proves nothing. What a client cannot forge: a describe job has no
     parameters, and an HTTP inference job without parameters exists only when the frontend decoded a
-    form, which it does only for a request with a Content-Type header, forwarded with the rest.
+    form, which it does only for a request with a Content-Type header, forwarded with the rest; gRPC
+    inference forwards no client headers at all. (So a management GET that sends a Content-Type
+    header gets no describe: our clients and the gRPC gateway send none.)
     """
     headers = context.get_all_request_header(idx) or {}
     if headers.get("describe") != "True" or row:

@@ -4,6 +4,8 @@ checked on their media type and size before any parsing, and refused bodies leav
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from urllib.parse import urlsplit
@@ -51,7 +53,14 @@ def _one_image(trained: Trained) -> bytes:
 
 @pytest.mark.parametrize(
     "path",
-    ["/predictions/digits", "/v2/models/digits/infer", "/invocations?model_name=digits", "/digits/predict"],
+    [
+        "/predictions/digits",
+        "/v2/models/digits/infer",
+        "/v1/models/digits:predict",
+        "/models/digits/invoke",
+        "/invocations?model_name=digits",
+        "/digits/predict",
+    ],
 )
 @pytest.mark.parametrize(
     "content_type",
@@ -77,6 +86,18 @@ def test_a_body_without_content_type_is_read(server: TorchServeProcess, trained:
     status, body = send(server, "/predictions/digits", _one_image(trained), {})
     assert status == 200, body
     assert len(json.loads(body)["predictions"][0]) == 10
+
+
+def test_json_sent_as_a_form_says_which_content_type_to_send(
+    server: TorchServeProcess, trained: Trained
+) -> None:
+    # urllib and curl -d label a body application/x-www-form-urlencoded unless told otherwise; the
+    # frontend then turns the JSON into the name of an empty form field ("the request body is empty").
+    request = urllib.request.Request(f"{server.urls.inference}/predictions/digits", data=_one_image(trained))
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(info.value.read())
+    assert info.value.code == 415 and "Content-Type: application/json" in answer["hint"], answer
 
 
 @pytest.mark.parametrize("content_type", ["image/png", "application/xml", "text/html"])
