@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 from contextlib import nullcontext
 
 import pytest
@@ -35,3 +37,23 @@ def test_a_large_batch_is_trimmed_and_a_small_one_is_not(monkeypatch: pytest.Mon
 def test_glibc_malloc_trim_is_found() -> None:  # the server runs on Linux (glibc)
     assert allocator._malloc_trim is not None
     allocator.trim()
+
+
+def test_a_refused_body_is_freed_with_its_batch_not_at_the_next_garbage_collection() -> None:
+    # An error's traceback holds the decoder's frames, and they the body: a reply that kept it would
+    # keep megabytes alive in a reference cycle (measured: ~145 MB in one worker after 144 bodies).
+    service = InferenceService(
+        lambda: nullcontext(nn.Flatten()),
+        input_spec=InputSpec(shape=(4,)),
+        postprocess=PostProcess(),
+        model_name="m",
+    )
+    body = bytearray(b" " * LARGE_BATCH_BYTES)
+    gc.disable()
+    try:
+        before = sys.getrefcount(body)
+        replies, _ = service.infer([(body, "application/json")])
+        assert replies[0].status == 413
+        assert sys.getrefcount(body) == before
+    finally:
+        gc.enable()
