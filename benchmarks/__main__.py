@@ -7,7 +7,7 @@ import sys
 
 BENCHMARKS = {
     name: f"benchmarks.{name}"
-    for name in ("load", "http", "reload", "grpc", "metrics", "sweep", "worker_path", "compare")
+    for name in ("load", "http", "reload", "grpc", "metrics", "sweep", "worker_path", "compare", "bodies")
 }
 
 

@@ -73,8 +73,8 @@ class CheckpointHandler:
             raise
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        # The management API's describe job may share a batch with predictions; only it (a request
-        # without any body) is answered with describe, so a client header cannot trigger it.
+        # Only the management API's describe job is answered with describe, never a client's
+        # "describe" header (see _is_describe); the rest of a batch is served as usual.
         describe = {idx for idx, row in enumerate(data) if _is_describe(context, idx, row)}
         if describe:
             answers = self._infer([row for i, row in enumerate(data) if i not in describe], context, describe)
@@ -365,8 +365,25 @@ def _checkpoint_label(model: torch.nn.Module | None) -> str:
     return checkpoint_info(model).label
 
 
+# Headers only a client or TorchServe's inference routes put on a job (0.12.0, InferenceRequestHandler
+# adds explain and url_path); its management describe job copies a GET's headers and adds describe.
+_INFERENCE_ONLY_HEADERS = frozenset({"content-type", "explain", "url_path"})
+
+
 def _is_describe(context: Any, idx: int, row: dict[str, Any]) -> bool:
-    return context.get_request_header(idx, "describe") == "True" and _body(row) is None
+    """Whether this job is the management API's describe, which a client's "describe" header must not fake.
+
+    TorchServe forwards every client header to the worker and sends a describe job as an ordinary
+    request, so the header alone proves nothing. What a client cannot forge: a describe job has no
+    parameters, and an HTTP inference job without parameters exists only when the frontend decoded a
+    form, which it does only for a request with a Content-Type header, forwarded with the rest; gRPC
+    inference forwards no client headers at all. (So a management GET that sends a Content-Type
+    header gets no describe: our clients and the gRPC gateway send none.)
+    """
+    headers = context.get_all_request_header(idx) or {}
+    if headers.get("describe") != "True" or row:
+        return False
+    return not any(str(name).lower() in _INFERENCE_ONLY_HEADERS for name in headers)
 
 
 def _drop_per_batch_line(record: logging.LogRecord) -> bool:

@@ -56,9 +56,17 @@ class DecodedRequest:
 _NPY_MAGIC = b"\x93NUMPY"
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
-# Media types whose body may legitimately hold JSON or npy; curl -d sends form-urlencoded by default.
-_ACCEPTED = (JSON_TYPE, NPY_TYPE, "application/octet-stream", "application/x-www-form-urlencoded")
+FORM_TYPE = "application/x-www-form-urlencoded"
+# Content type -> what the body may be: JSON types hold JSON (or npy, told by its magic), npy holds
+# npy; the generic ones (none sent, octet-stream, a multipart part without its own type) either.
+_JSON_TYPES = frozenset({JSON_TYPE, "text/json", "text/plain"})  # and any "+json" suffix
+_SNIFFED_TYPES = frozenset({"", "application/octet-stream", "multipart/form-data", FORM_TYPE})
 _ACCEPTED_TEXT = "application/json (KServe v1 or OIP v2), application/x-npy or application/octet-stream"
+# A body cannot hold more than max_instances instances: refused on its byte count before parsing.
+# 64 bytes per element covers the longest float repr (24 characters), separators and indentation;
+# the slack covers the keys of an OIP v2 document and its "id".
+BYTES_PER_ELEMENT = 64
+BODY_SLACK_BYTES = 64 * 1024
 _TORCH_NAMES = "bool uint8 uint16 uint32 uint64 int8 int16 int32 int64 float16 float32 float64 bfloat16"
 # OIP v2 names from torch's: uint8 -> UINT8, float32 -> FP32, bfloat16 -> BF16
 _V2_DTYPES: dict[str, torch.dtype] = {
@@ -118,6 +126,15 @@ _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
 def _to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """The checked (n, ...) array as a contiguous tensor of spec.dtype."""
     target_is_float = spec.dtype.is_floating_point
+    if arr.dtype.kind in "iu":
+        arr = arr.view(arr.dtype.str)  # numpy's ulonglong (from big Python ints) has no torch twin
+        if not target_is_float and spec.dtype != torch.bool and arr.size:
+            info = torch.iinfo(spec.dtype)
+            if arr.min() < info.min or arr.max() > info.max:  # a cast would wrap around silently
+                raise RequestError(
+                    f"the input holds values outside {spec.dtype}'s range [{info.min}, {info.max}]",
+                    hint="send values the model's input dtype can hold",
+                )
     if arr.dtype.kind == "f" and not target_is_float:
         # an integer model cannot take NaN or 1.5: casting would silently invent a different input
         bad = ~(np.isfinite(arr) & (arr == np.trunc(arr)))
@@ -295,21 +312,51 @@ def _parse_json(raw: bytes | bytearray | str, media: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
         if not raw.strip():
+            if media == FORM_TYPE:
+                # TorchServe's frontend decodes such a body as HTML form fields: JSON sent that way
+                # reaches the worker as the name of an empty field, never as the body.
+                raise UnsupportedMediaTypeError(
+                    f"the body was sent as {FORM_TYPE} (the default of curl -d and urllib), which the "
+                    "server reads as form fields: no JSON or npy reached the model",
+                    hint="send it with Content-Type: application/json (or application/x-npy)",
+                ) from None
             raise RequestError("the request body is empty; expected JSON or npy", hint=_HINT_V1) from None
-        if media and media not in _ACCEPTED and not media.startswith("text/") and not media.endswith("+json"):
-            raise UnsupportedMediaTypeError(
-                f"content type {media!r} is not supported; expected {_ACCEPTED_TEXT}",
-                hint="send the tensor as JSON or as numpy.save bytes",
-            ) from None
-        if media == NPY_TYPE:
-            raise RequestError(
-                "the body is not an npy file: it does not start with the npy magic b'\\x93NUMPY'",
-                hint="send the bytes numpy.save writes",
-            ) from None
         if isinstance(exc, json.JSONDecodeError):
             where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
             raise RequestError(f"malformed JSON at {where}: {exc.msg}", hint="send valid JSON") from None
         raise RequestError(f"the body is neither npy nor JSON text: {exc}", hint="send UTF-8 JSON") from None
+
+
+def _media_kind(media: str) -> Literal["json", "npy", "sniff"]:
+    """What a body of this media type may hold; a foreign type is refused before any parsing."""
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return "json"
+    if media == NPY_TYPE:
+        return "npy"
+    if media in _SNIFFED_TYPES:
+        return "sniff"
+    raise UnsupportedMediaTypeError(
+        f"content type {media!r} is not supported; expected {_ACCEPTED_TEXT}",
+        hint="send the tensor as JSON or as numpy.save bytes, with its content type",
+    )
+
+
+def max_body_bytes(spec: InputSpec) -> int | None:
+    """The largest raw body ``spec`` can need (JSON is the wordiest format); None when an axis is free."""
+    if any(d < 0 for d in spec.shape):
+        return None
+    return spec.max_instances * math.prod(spec.shape) * BYTES_PER_ELEMENT + BODY_SLACK_BYTES
+
+
+def _check_size(size: int, spec: InputSpec) -> None:
+    limit = max_body_bytes(spec)
+    if limit is not None and size > limit:
+        raise PayloadTooLargeError(
+            f"the body has {size} bytes; {spec.max_instances} instances of shape {_fmt(spec.shape)} "
+            f"need at most {limit} bytes (max_instances x elements x {BYTES_PER_ELEMENT} + "
+            f"{BODY_SLACK_BYTES // 1024} KiB)",
+            hint="send fewer instances per request, as compact JSON or npy",
+        )
 
 
 def decode_request(
@@ -326,13 +373,19 @@ def decode_request(
 
 def _decode(body: Any, media: str, spec: InputSpec) -> DecodedRequest:
     if body is None:
-        raise RequestError("the request body is empty; expected JSON or npy", hint=_HINT_V1)
-    if isinstance(body, (bytes, bytearray)):
-        # sniff by content: clients often send npy as octet-stream or with no type at all
-        if body[:6] == _NPY_MAGIC:
+        body = b""
+    if isinstance(body, (bytes, bytearray, str)):
+        kind = _media_kind(media)
+        _check_size(len(body), spec)  # str: characters, a lower bound of its bytes
+        # npy magic is never JSON: such a body is read as npy whatever JSON type it came with
+        is_npy = (body[:6] if isinstance(body, (bytes, bytearray)) else b"") == _NPY_MAGIC
+        if kind == "npy" and not is_npy:
+            raise RequestError(
+                "the body is not an npy file: it does not start with the npy magic b'\\x93NUMPY'",
+                hint="send the bytes numpy.save writes",
+            )
+        if is_npy:
             return _decode_npy(body, spec)
-        body = _parse_json(body, media)
-    elif isinstance(body, str):
         body = _parse_json(body, media)
     if isinstance(body, list):
         return _decode_v1(body, spec)

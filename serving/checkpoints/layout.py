@@ -75,7 +75,7 @@ def _detect_zip(path: Path) -> Layout:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # untrusted bytes: zipfile also raises NotImplementedError, ValueError, ...
         raise CorruptCheckpointError(
             f"{str(path)!r} ({describe_file(path)}) starts like a torch.save/TorchScript archive but "
             f"cannot be read as a zip ({type(exc).__name__}); it is truncated, still being written, "

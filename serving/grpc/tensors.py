@@ -48,6 +48,7 @@ _FIELD = {
     "BYTES": "bytes_contents",
 }
 DATATYPES = (*_NUMPY, "BYTES")
+_MAX_ELEMENTS = 2**40  # far beyond any request a server accepts, far below numpy's 2**63 bytes
 
 Tensor = TypeVar("Tensor", pb.ModelInferRequest.InferInputTensor, pb.ModelInferResponse.InferOutputTensor)
 
@@ -83,6 +84,12 @@ def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | N
     if any(d < 0 for d in shape):
         raise RequestError(f"tensor {name!r} has shape {list(shape)}; dimensions cannot be negative")
     count = math.prod(shape)
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        # numpy refuses such a shape even with a zero dimension elsewhere ("array is too big")
+        raise RequestError(
+            f"tensor {name!r} has shape {list(shape)}: more elements than any array can hold",
+            hint="send the tensor's real shape",
+        )
     if raw is not None:
         if tensor.HasField("contents"):
             raise RequestError(
@@ -90,7 +97,14 @@ def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | N
                 hint="send the elements one way only",
             )
         if datatype == "BYTES":
-            array = np.array(unpack_bytes(raw, name), dtype=object)
+            items = unpack_bytes(raw, name)
+            if len(items) != count:
+                raise RequestError(
+                    f"tensor {name!r} has {len(items)} BYTES elements in its raw contents; its shape "
+                    f"{list(shape)} needs {count}",
+                    hint="make the shape match the data",
+                )
+            array = np.array(items, dtype=object)
         else:
             dtype = _NUMPY[datatype]
             if len(raw) != count * dtype.itemsize:

@@ -83,8 +83,10 @@ def test_json_round_trips_exactly_in_every_input_form(make: Any, form: str) -> N
     assert req.protocol is (Protocol.V2 if make is v2 else Protocol.V1)
 
 
-@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "image/png"])
-def test_json_is_recognised_by_content_whatever_the_header(ctype: str | None) -> None:
+@pytest.mark.parametrize(
+    "ctype", [None, "text/plain", "application/x-www-form-urlencoded", "application/octet-stream"]
+)
+def test_json_is_recognised_by_content_under_any_accepted_header(ctype: str | None) -> None:
     x = torch.randn(2, 1, 4, 4)
     assert torch.equal(decode_request(raw(v1(x)), ctype, SPEC).instances, x)
 
@@ -197,9 +199,7 @@ def test_non_utf8_bytes_are_a_400() -> None:
     fails(RequestError, b'{"instances": "\x80"}', "neither npy nor JSON", ctype=None)
 
 
-@pytest.mark.parametrize(
-    "ctype", ["image/png", "audio/wav", "multipart/form-data; boundary=x", "application/xml"]
-)
+@pytest.mark.parametrize("ctype", ["image/png", "audio/wav", "text/csv", "application/xml"])
 def test_foreign_media_type_is_415_naming_the_accepted_ones(ctype: str) -> None:
     fails(UnsupportedMediaTypeError, b"\x89PNG\r\n\x1a\n\x00\x00", "application/json", ctype=ctype)
 
