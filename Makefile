@@ -23,6 +23,7 @@ test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'   # matplotlib, for compare's plots
 	$(PY) -m benchmarks
 
 clean:
