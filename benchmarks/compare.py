@@ -36,10 +36,14 @@ from benchmarks.http import ROOT, wrk
 # only the required handler keys. The best settings come from the sweep of issue 10 on a 2-core
 # machine (stock TorchServe's best: 2 workers, 1 thread, batch 8 / 5 ms).
 BEST = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
+ONE_THREAD = {"threads": 1}
 CONFIGS: dict[str, dict[str, Any]] = {
     "ckptserve-defaults": {"kind": "ckptserve", "yaml": {}, "handler": {}},
-    "ckptserve-best": {"kind": "ckptserve", "yaml": BEST, "handler": {"threads": 1}},
+    "ckptserve-best": {"kind": "ckptserve", "yaml": BEST, "handler": ONE_THREAD},
+    "ckptserve-b1": {"kind": "ckptserve", "yaml": {**BEST, "batchSize": 1}, "handler": ONE_THREAD},
+    "ckptserve-b8-1ms": {"kind": "ckptserve", "yaml": {**BEST, "maxBatchDelay": 1}, "handler": ONE_THREAD},
     "torchserve-stock": {"kind": "stock", "yaml": BEST},  # BaseHandler; 1 thread (stock_raw_handler.py)
+    "torchserve-stock-b1": {"kind": "stock", "yaml": {**BEST, "batchSize": 1}},
     "litserve": {"kind": "litserve", "workers": 2, "max_batch_size": 8, "batch_timeout_s": 0.005},
 }
 GRPC_ROWS = (  # (label, configuration, load kind): TorchServe's own gRPC and the OIP gateway
@@ -424,16 +428,21 @@ def _ratios(results: dict[str, Any], model: str, plan: Plan) -> list[str]:
     http, out = results["http"].get(model, {}), []
     mid = str(16 if 16 in plan.concurrency else max(plan.concurrency))
     low = str(min(plan.concurrency))
-    base = http.get("torchserve-stock")
-    for name in (n for n in http if base and n != "torchserve-stock"):
-        ours, theirs = http[name], base
+
+    def versus(name: str, base_name: str) -> str:
+        ours, theirs = http[name], http[base_name]
         rps = f"x{ours[mid]['rps'] / theirs[mid]['rps']:.2f}" if theirs[mid]["rps"] else "n/a"
         p50 = (
             f"x{ours[low]['p50_ms'] / theirs[low]['p50_ms']:.2f}"
             if ours[low]["rps"] and theirs[low]["rps"]
             else "n/a"
         )
-        out.append(f"{name} / torchserve-stock: req/s {rps} at c={mid}, p50 {p50} at c={low}")
+        return f"{name} / {base_name}: req/s {rps} at c={mid}, p50 {p50} at c={low}"
+
+    if "torchserve-stock" in http:  # everything against stock TorchServe at its best
+        out += [versus(name, "torchserve-stock") for name in http if name != "torchserve-stock"]
+    if "ckptserve-b1" in http and "torchserve-stock-b1" in http:  # equal settings, unbatched
+        out.append(versus("ckptserve-b1", "torchserve-stock-b1"))
     grpc = results["grpc"].get(model, {})
     direct, via = grpc.get(GRPC_ROWS[0][0]), grpc.get(GRPC_ROWS[2][0])
     for c in (str(c) for c in plan.grpc_concurrency if direct and via and direct[str(c)]["rps"]):
