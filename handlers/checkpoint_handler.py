@@ -208,7 +208,7 @@ class CheckpointHandler:
             self.reloader.start(self.slot)
         info = self.slot.info
         log.info(
-            "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
+            "ready: %r (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
             info.path,
             info.epoch,
             info.sha256[:12],

@@ -99,11 +99,13 @@ class Reloader:
             if not self._contained(candidate):
                 continue
             sha = self._sha(candidate)
+            if sha is None:
+                continue
             try:
                 model = self._load(candidate.path, sha)
                 sample_check(model)
-            except CkptServeError as err:
-                self._reject(candidate, sha, err.message)
+            except Exception as exc:  # any failure rejects the file; start-up never fails on one
+                self._reject(candidate, sha, rejection_reason(exc))
                 continue
             self._report_skipped(candidates, ranking, candidate)
             return model
@@ -149,6 +151,8 @@ class Reloader:
             if (candidate.name, candidate.signature) in self._rejected or not self._contained(candidate):
                 continue
             sha = self._sha(candidate)
+            if sha is None:
+                continue
             if sha == self.slot.info.sha256:
                 break  # the policy's choice is already served
             if self._reload(candidate, sha):
@@ -177,8 +181,8 @@ class Reloader:
                 model = self._load(candidate.path, sha)
                 self.slot.validate(model)
                 self.slot.swap(model)
-        except CkptServeError as err:
-            self._reject(candidate, sha, err.message)
+        except Exception as exc:  # a surprise must reject this file, not stall the watcher on it forever
+            self._reject(candidate, sha, rejection_reason(exc))
             self._on_event("rejected", time.perf_counter() - started)
             return False
         seconds = time.perf_counter() - started
@@ -196,7 +200,7 @@ class Reloader:
         }
         self._on_event("success", seconds)
         log.info(
-            "reload: now serving %s (epoch %s, sha256 %s) after %.2fs",
+            "reload: now serving %r (epoch %s, sha256 %s) after %.2fs",
             info.path,
             info.epoch,
             sha[:12],
@@ -277,10 +281,15 @@ class Reloader:
         self._scanner.skipped[candidate.name] = OUTSIDE
         return False
 
-    def _sha(self, candidate: Candidate) -> str:
+    def _sha(self, candidate: Candidate) -> str | None:
+        """The candidate's sha256, or None once it is rejected as unreadable (a FIFO swapped in, EACCES)."""
         key = (candidate.name, candidate.signature)
         if key not in self._hashes:
-            self._hashes[key] = sha256_of(candidate.path)
+            try:
+                self._hashes[key] = sha256_of(candidate.path)
+            except Exception as exc:
+                self._reject(candidate, "", rejection_reason(exc))
+                return None
         return self._hashes[key]
 
     def _reject(self, candidate: Candidate, sha: str, reason: str) -> None:
@@ -293,7 +302,21 @@ class Reloader:
         self.status.last_rejected = rejection
         self.status.recent_rejections = [*self.status.recent_rejections[-9:], rejection]
         sha = rejection.sha256[:12] or "-"
-        log.warning("reload: rejected %s (sha256 %s): %s", rejection.path, sha, rejection.reason)
+        # %r: a file name may hold a newline, which would forge a log line (TorchServe parses them).
+        log.warning("reload: rejected %r (sha256 %s): %s", rejection.path, sha, rejection.reason)
+
+
+def rejection_reason(exc: Exception) -> str:
+    """Why a candidate is rejected: a typed error's message; for anything else its type only.
+
+    Other exceptions' messages may quote bytes of the file (decoders do), so they are not shown.
+    """
+    if isinstance(exc, CkptServeError):
+        return exc.message
+    return (
+        f"reading or checking it failed ({type(exc).__name__}): it is damaged, or not a checkpoint "
+        "of this model."
+    )
 
 
 _COPYABLE = (
