@@ -144,6 +144,10 @@ class Reloader:
         """One poll: returns True if a new checkpoint is now served."""
         assert self.slot is not None
         candidates = self._scanner.scan()
+        # Only files still there are remembered: a writer rewriting a file forever must not grow these.
+        present = {(c.name, c.signature) for c in candidates}
+        self._hashes = {k: v for k, v in self._hashes.items() if k in present}
+        self._rejected = {k: v for k, v in self._rejected.items() if k in present}
         ranking = self._rank(candidates)
         reloaded = False
         # Best first; a rejected one gives way to the next, down to the one already served.

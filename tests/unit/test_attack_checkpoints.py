@@ -219,6 +219,31 @@ def test_a_file_the_server_cannot_open_is_a_rejection(
     assert reloader.status.rejected == 1
 
 
+class _Touch:
+    """Unpickling this runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_numpy_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    import numpy as np
+
+    marker = tmp_path / "pwned"
+    objects = np.array([_Touch(marker)], dtype=object)
+    np.save(tmp_path / "model_epoch_9.npy", objects, allow_pickle=True)
+    np.savez(tmp_path / "model_epoch_8.npz", weights=objects)
+    for path in (tmp_path / "model_epoch_9.npy", tmp_path / "model_epoch_8.npz"):
+        with pytest.raises(NotACheckpointError):
+            load_model(SmallNet, path)
+        with pytest.raises(NotACheckpointError):
+            summarize(path)
+    assert not marker.exists()
+
+
 # --- FIFOs and devices: never opened for reading -----------------------------------------------
 
 
@@ -351,6 +376,18 @@ def test_the_inplace_strategy_refuses_integer_weights_too(reference: Reference, 
     assert reloader.poll_once() is False
     assert "kind of dtype" in reloader.status.recent_rejections[-1].reason
     assert _served(reloader) == "model_epoch_1.pth"
+
+
+def test_a_file_rewritten_forever_does_not_grow_the_watcher(reference: Reference, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    reloader = _start(tmp_path)
+    broken = {k: v * float("nan") for k, v in reference.model.state_dict().items()}
+    for step in range(6):
+        torch.save({**broken, "step": torch.tensor(step)}, tmp_path / "model_epoch_9.pt")
+        reloader._scanner.scan()
+        reloader.poll_once()
+    assert reloader.status.rejected == 6  # every version was tried and rejected
+    assert len(reloader._rejected) == 1 and len(reloader._hashes) <= 2  # only what is still there
 
 
 # --- names ------------------------------------------------------------------------------------------
