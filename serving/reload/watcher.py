@@ -290,6 +290,7 @@ class Reloader:
         key = (candidate.name, candidate.signature)
         if key not in self._hashes:
             try:
+                detect_layout(candidate.path)  # cheap: a 1 TB file of zeros is refused before it is hashed
                 self._hashes[key] = sha256_of(candidate.path)
             except Exception as exc:
                 self._reject(candidate, "", rejection_reason(exc))

@@ -390,6 +390,20 @@ def test_a_file_rewritten_forever_does_not_grow_the_watcher(reference: Reference
     assert len(reloader._rejected) == 1 and len(reloader._hashes) <= 2  # only what is still there
 
 
+def test_a_huge_file_that_is_no_checkpoint_is_refused_before_it_is_hashed(
+    reference: Reference, tmp_path: Path
+) -> None:
+    save_checkpoint(tmp_path, reference.model, epoch=1)
+    reloader = _start(tmp_path)
+    with (tmp_path / "model_epoch_9.pt").open("wb") as fh:
+        fh.truncate(64 << 30)  # 64 GiB of zeros, sparse: nothing on disk
+    reloader._scanner.scan()
+    reloader.poll_once()
+    rejection = reloader.status.recent_rejections[-1]
+    assert Path(rejection.path).name == "model_epoch_9.pt" and "not a checkpoint" in rejection.reason
+    assert rejection.sha256 == ""  # refused by its first bytes; before, all 64 GiB were read first
+
+
 # --- names ------------------------------------------------------------------------------------------
 
 
