@@ -113,14 +113,19 @@ def align_keys(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tupl
     Lightning's ``model.`` attribute), chosen by how many keys it makes match. Nothing is dropped
     silently: keys outside the chosen prefix are reported as unexpected.
     """
-    unwrapped = {strip_wrappers(k): k for k in found}
+    unwrapped: dict[str, str] = {}
+    twins: list[str] = []  # "module.fc.weight" beside "fc.weight": two values for one weight
+    for key in sorted(found, key=lambda k: (strip_wrappers(k) != k, k)):  # unwrapped keys first
+        unwrapped.setdefault(strip_wrappers(key), key)
+        if unwrapped[strip_wrappers(key)] != key:
+            twins.append(key)
     best_prefix, best_score = "", _score(unwrapped, found, expected, "")
     for prefix in _candidate_prefixes(unwrapped):
         score = _score(unwrapped, found, expected, prefix)
         if score > best_score:
             best_prefix, best_score = prefix, score
     rename: dict[str, str] = {}
-    unexpected: list[str] = []
+    unexpected: list[str] = list(twins)
     for new, old in unwrapped.items():
         target = new[len(best_prefix) :] if new.startswith(best_prefix) else None
         if target is not None and target in expected:

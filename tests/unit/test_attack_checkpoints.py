@@ -404,6 +404,20 @@ def test_a_huge_file_that_is_no_checkpoint_is_refused_before_it_is_hashed(
     assert rejection.sha256 == ""  # refused by its first bytes; before, all 64 GiB were read first
 
 
+def test_a_wrapped_twin_of_a_key_is_unexpected_not_silently_preferred(
+    reference: Reference, tmp_path: Path
+) -> None:
+    state = reference.model.state_dict()
+    twin = tmp_path / "twin.pt"
+    torch.save({**state, "module.fc.weight": torch.full_like(state["fc.weight"], 7.0)}, twin)
+    # Before: one of the two values was taken, depending on the order of the keys.
+    with pytest.raises(ArchitectureMismatchError, match=r"1 unexpected key\(s\): module.fc.weight"):
+        load_model(SmallNet, twin)
+    wrapped = tmp_path / "wrapped.pt"  # DDP's prefix on every key still loads
+    torch.save({f"module.{k}": v for k, v in state.items()}, wrapped)
+    torch.testing.assert_close(load_model(SmallNet, wrapped).fc.weight, state["fc.weight"])
+
+
 # --- names ------------------------------------------------------------------------------------------
 
 
