@@ -95,8 +95,10 @@ def check_dtype_kinds(what: str, weights: Mapping[str, Any], targets: Mapping[st
 
 
 def _casts_cleanly(value: torch.Tensor, target: torch.dtype) -> bool:
-    if target.is_floating_point or target.is_complex:
+    if target.is_complex:
         return value.dtype.is_floating_point or value.dtype.is_complex
+    if target.is_floating_point:  # complex -> real would drop the imaginary part
+        return value.dtype.is_floating_point
     if value.dtype.is_floating_point:
         return bool(torch.all(value == value.trunc()))
     return not value.dtype.is_complex

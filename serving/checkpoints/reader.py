@@ -108,12 +108,19 @@ def _read(
 
 
 def _check_dense(contents: CheckpointContents) -> None:
-    # Sparse, meta and nested tensors unpickle fine but have no plain data to copy into a model.
+    # Sparse, meta and nested tensors unpickle fine but have no plain data to copy into a model;
+    # a key that is not a string (weights_only allows ints and tuples) names no weight.
     for name, value in (contents.state_dict or {}).items():
+        if not isinstance(name, str):
+            raise CorruptCheckpointError(
+                f"{str(contents.path)!r}: its state dict has a key of type {type(name).__name__}; "
+                "a state dict's keys are weight names (strings).",
+                hint="Save model.state_dict().",
+            )
         if torch.is_tensor(value) and (value.layout is not torch.strided or value.is_meta or value.is_nested):
             kind = "a meta tensor (no data)" if value.is_meta else f"a {value.layout} tensor"
             raise CorruptCheckpointError(
-                f"{str(contents.path)!r}: the entry {str(name)[:100]!r} is {kind}; weights must be "
+                f"{str(contents.path)!r}: the entry {name[:100]!r} is {kind}; weights must be "
                 "dense tensors with their data.",
                 hint="Save model.state_dict() of a materialized model (to_dense() sparse weights).",
             )

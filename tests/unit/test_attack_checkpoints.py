@@ -189,6 +189,17 @@ def test_such_a_file_never_stops_start_up_or_stalls_the_watcher(
     assert reloader.status.rejected == 1  # rejected once, not at every poll
 
 
+@pytest.mark.parametrize("key", [1, True, (1, 2)], ids=["int", "bool", "tuple"])
+def test_a_state_dict_key_that_is_no_string_is_a_typed_error(
+    reference: Reference, tmp_path: Path, key: object
+) -> None:
+    path = tmp_path / "keys.pt"
+    torch.save({**reference.model.state_dict(), key: torch.zeros(1)}, path)  # weights_only allows it
+    for read in (lambda: load_model(SmallNet, path), lambda: summarize(path)):
+        with pytest.raises(CorruptCheckpointError, match="key"):  # before: AttributeError
+            read()
+
+
 def test_an_index_whose_metadata_is_not_an_object_still_loads(reference: Reference, tmp_path: Path) -> None:
     path = _metadata_a_list(tmp_path, _state(reference))  # before: AttributeError from the reader
     assert checkpoint_info(load_model(SmallNet, path)).path == str(path)
@@ -353,6 +364,10 @@ def test_integer_weights_for_a_float_model_are_refused(reference: Reference, tmp
     torch.save({k: (v * 100).long() if v.is_floating_point() else v for k, v in state.items()}, ints)
     with pytest.raises(ArchitectureMismatchError, match="kind of dtype"):
         load_model(SmallNet, ints)
+    complex_weights = tmp_path / "complex.pt"  # a cast to float would drop the imaginary part
+    torch.save({**state, "fc.weight": state["fc.weight"].to(torch.complex64)}, complex_weights)
+    with pytest.raises(ArchitectureMismatchError, match="kind of dtype"):
+        load_model(SmallNet, complex_weights)
     counter = tmp_path / "counter.pt"  # an integer buffer given a fractional float
     torch.save({**state, "bn.num_batches_tracked": torch.tensor(2.5)}, counter)
     with pytest.raises(ArchitectureMismatchError, match="kind of dtype"):
