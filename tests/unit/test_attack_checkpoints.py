@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from serving import checkpoint_info, load_model, save_checkpoint
 from serving.checkpoints.layout import detect_layout
 from serving.checkpoints.summary import summarize
+from serving.cli import main
 from serving.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -450,6 +451,19 @@ def test_a_file_name_with_a_newline_cannot_forge_a_log_line(
     lines = [r.getMessage() for r in caplog.records]
     assert any("reload: rejected" in line for line in lines)
     assert not any("\n" in line for line in lines), lines
+
+
+def test_inspect_never_prints_control_characters_from_a_file(
+    reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "model.safetensors"
+    metadata = {"epoch": "\x1b]0;owned\x07", "\x1b[2Jnote\nfingerprint": "x\u202e"}
+    save_file(_state(reference), str(path), metadata=metadata)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+    assert out.count("\n") == len(out.splitlines())  # one row per line: no forged rows
+    assert "\\x1b]0;owned" in out  # shown, escaped
 
 
 def test_typed_errors_never_come_from_raw_exception_messages(tmp_path: Path) -> None:
