@@ -17,6 +17,7 @@ from torch import nn
 
 from serving.checkpoints.dcp import read_dcp
 from serving.checkpoints.layout import Layout, describe_file, detect_layout, index_files, read_json
+from serving.checkpoints.pickle_size import check_pickle_size
 from serving.checkpoints.selection import jsonable_metadata, select_state_dict
 from serving.errors import (
     ArchitectureError,
@@ -162,6 +163,7 @@ def _number_or_text(text: str) -> Any:
 def _torch_load(
     path: Path, layout: Layout, saved_on: set[str], *, trust_pickle: bool, safe_globals: Iterable[str]
 ) -> Any:
+    check_pickle_size(path, layout)
     allowed = [_import_global(name) for name in safe_globals]
 
     def to_cpu(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:

@@ -356,6 +356,48 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path: Path) -> None:
         load_model(SmallNet, bomb)
 
 
+def _pickle_bomb(n: int) -> bytes:
+    return b"\x80\x02(" + b"}" * n + b"l."  # n empty dicts in a list: ~72 bytes of memory per byte
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_a_pickle_that_would_amplify_in_memory_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    monkeypatch.setattr("serving.checkpoints.pickle_size.MAX_PICKLE_BYTES", 1 << 20)  # 1 MiB, for speed
+    path = tmp_path / "model_epoch_9.pt"
+    bomb = _pickle_bomb(2 << 20)  # ~150 MB once unpickled; with the real cap, 32 MiB -> ~2.4 GB at most
+    if layout == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", bomb)
+            archive.writestr("archive/version", "3\n")
+    else:
+        header = [0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}]
+        path.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in header) + bomb)
+    with pytest.raises(CorruptCheckpointError, match="pickle of more than 1 MiB"):
+        load_model(SmallNet, path)
+    with pytest.raises(CorruptCheckpointError, match="pickle of more than"):
+        summarize(path)
+
+
+def test_real_checkpoints_stay_far_below_the_pickle_cap(reference: Reference, tmp_path: Path) -> None:
+    from serving.checkpoints.pickle_size import MAX_PICKLE_BYTES
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(
+        {"model_state_dict": reference.model.state_dict(), "epoch": 3},
+        legacy,
+        _use_new_zipfile_serialization=False,
+    )
+    assert checkpoint_info(load_model(SmallNet, legacy)).epoch == 3
+    # A training checkpoint with optimizer state: a few hundred bytes of pickle per tensor.
+    path = save_checkpoint(tmp_path, reference.model, optimizer=reference.optimizer, epoch=1)
+    with zipfile.ZipFile(str(path)) as archive:
+        pickled = sum(e.file_size for e in archive.infolist() if e.filename.endswith("/data.pkl"))
+    tensors = 2 * len(reference.model.state_dict())
+    assert pickled / tensors * 100_000 < MAX_PICKLE_BYTES
+
+
 # --- dtypes: a cast is fine, other values are not the model --------------------------------------
 
 
