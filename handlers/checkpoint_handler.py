@@ -255,7 +255,7 @@ class CheckpointHandler:
         self.slot, self.service = slot, service  # the service last: handle() serves once it is set
         info = slot.info
         log.info(
-            "ready: %s (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
+            "ready: %r (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
             info.path,
             info.epoch,
             info.sha256[:12],

@@ -45,10 +45,17 @@ def _inspect(args: argparse.Namespace) -> int:
     rows += [
         (f"meta.{k}", json.dumps(v)) for k, v in summary["metadata"].items() if k not in ("epoch", "loss")
     ]
+    # Metadata keys and text come from the file: escape control characters, or a checkpoint could
+    # drive the operator's terminal (ANSI/OSC sequences) or forge lines of the table.
+    rows = [(_printable(k), _printable(v)) for k, v in rows]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _printable(value: object) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(value))
 
 
 def _bytes(n: int) -> str:

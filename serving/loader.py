@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from serving.architecture import ArchitectureLike, build, resolve_architecture
-from serving.checkpoints.keys import KeyAlignment, align_keys, fingerprint, shape_map
-from serving.checkpoints.layout import Layout, detect_layout
+from serving.checkpoints.keys import KeyAlignment, align_keys, check_dtype_kinds, fingerprint, shape_map
+from serving.checkpoints.layout import Layout, detect_layout, open_regular
 from serving.checkpoints.memory import materialize, privatize
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
 from serving.devices import DeviceLike, resolve_device
@@ -145,7 +145,7 @@ def load_model(
         )
     setattr(model, INFO_ATTRIBUTE, info)
     log.info(
-        "loaded %s (%s, epoch=%s) onto %s in %.2fs",
+        "loaded %r (%s, epoch=%s) onto %s in %.2fs",
         path,
         contents.kind,
         info.epoch,
@@ -210,7 +210,9 @@ def _from_state_dict(
     mismatched = {k for k, _, _ in alignment.mismatched}
     renamed = {new: state_dict[old] for old, new in alignment.rename.items() if new not in mismatched}
     renamed.update({name: renamed[twin] for name, twin in twins.items()})
-    dtypes = {k: _target_dtype(v.dtype, cast) for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
+    own = {k: v.dtype for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
+    check_dtype_kinds(repr(str(contents.path)), renamed, own)
+    dtypes = {k: _target_dtype(v, cast) for k, v in own.items()}
     weights = materialize(renamed, dtypes, target, release_source=contents.layout is Layout.TORCH_SAVE)
     # Build on the meta device and adopt the tensors (no init, no copy) when every key is there;
     # otherwise a real build supplies the values the checkpoint lacks.
@@ -322,7 +324,7 @@ def sha256_of(path: str | Path, chunk: int = 4 << 20) -> str:
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
+        with open_regular(file) as fh:  # a FIFO swapped in after the scan would block forever
             while block := fh.read(chunk):
                 digest.update(block)
     return digest.hexdigest()

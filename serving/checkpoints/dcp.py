@@ -146,6 +146,7 @@ def read_dcp(
 ) -> tuple[dict[str, torch.Tensor], str | None, int]:
     """(state dict, the top-level entry that held it or None, number of DCP entries)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     entries = read_dcp_metadata(path).state_dict_metadata
@@ -173,7 +174,7 @@ def read_dcp(
             dcp.load(buffers, storage_reader=_reader(path), planner=_planner(), no_dist=True)
     except UnsafeCheckpointError:
         raise
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's own failure is a BaseException
         raise CorruptCheckpointError(
             f"Cannot read the tensors of the DCP checkpoint {str(path)!r} ({type(exc).__name__}); "
             "a data file is truncated, still being written, or damaged.",

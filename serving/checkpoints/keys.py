@@ -71,6 +71,39 @@ class KeyAlignment:
             )
 
 
+def check_dtype_kinds(what: str, weights: Mapping[str, Any], targets: Mapping[str, torch.dtype]) -> None:
+    """Refuse values that a cast to the model's dtype would change into another tensor.
+
+    A float16 checkpoint for a float32 model is a cast. Integer values for a floating-point weight
+    are not the trained weights, and a fractional (or NaN) value for an integer buffer (a counter,
+    position ids) would be truncated: both would serve a model nobody trained. Whole-valued floats
+    for an integer buffer (a counter saved by a converter) are kept.
+    """
+    wrong = [
+        (k, v.dtype, targets[k])
+        for k, v in weights.items()
+        if torch.is_tensor(v) and k in targets and not _casts_cleanly(v, targets[k])
+    ]
+    if wrong:
+        name, found, wanted = wrong[0]
+        raise ArchitectureMismatchError(
+            f"The weights in {what} do not fit the architecture: {len(wrong)} of another kind of dtype "
+            f"(e.g. {name[:100]!r} is {found}, the model's is {wanted}).",
+            hint="Save the model's own state_dict(); a dtype cast (float16 <-> float32) is fine, "
+            "integer values for floating-point weights are not.",
+        )
+
+
+def _casts_cleanly(value: torch.Tensor, target: torch.dtype) -> bool:
+    if target.is_complex:
+        return value.dtype.is_floating_point or value.dtype.is_complex
+    if target.is_floating_point:  # complex -> real would drop the imaginary part
+        return value.dtype.is_floating_point
+    if value.dtype.is_floating_point:
+        return bool(torch.all(value == value.trunc()))
+    return not value.dtype.is_complex
+
+
 def _more(items: list[Any]) -> str:
     return f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
 
@@ -82,14 +115,19 @@ def align_keys(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tupl
     Lightning's ``model.`` attribute), chosen by how many keys it makes match. Nothing is dropped
     silently: keys outside the chosen prefix are reported as unexpected.
     """
-    unwrapped = {strip_wrappers(k): k for k in found}
+    unwrapped: dict[str, str] = {}
+    twins: list[str] = []  # "module.fc.weight" beside "fc.weight": two values for one weight
+    for key in sorted(found, key=lambda k: (strip_wrappers(k) != k, k)):  # unwrapped keys first
+        unwrapped.setdefault(strip_wrappers(key), key)
+        if unwrapped[strip_wrappers(key)] != key:
+            twins.append(key)
     best_prefix, best_score = "", _score(unwrapped, found, expected, "")
     for prefix in _candidate_prefixes(unwrapped):
         score = _score(unwrapped, found, expected, prefix)
         if score > best_score:
             best_prefix, best_score = prefix, score
     rename: dict[str, str] = {}
-    unexpected: list[str] = []
+    unexpected: list[str] = list(twins)
     for new, old in unwrapped.items():
         target = new[len(best_prefix) :] if new.startswith(best_prefix) else None
         if target is not None and target in expected:

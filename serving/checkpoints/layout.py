@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from serving.errors import (
+    CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     EmptyCheckpointError,
@@ -19,6 +23,8 @@ from serving.errors import (
 _LEGACY_PICKLE_MAGIC = b"\x80\x02"
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+_MAX_JSON_BYTES = 64 << 20  # a sharded index of the largest models is a few MB
+_MAX_CODE_FILE_BYTES = 64 << 20  # one inflated TorchScript code/ file; real ones are kilobytes
 
 
 class Layout(str, enum.Enum):
@@ -48,16 +54,17 @@ def detect_layout(path: str | Path) -> Layout:
         )
     if path.is_dir():
         return _detect_directory(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise EmptyCheckpointError(
-            f"The checkpoint {str(path)!r} is empty (0 bytes).",
-            hint="A save may still be in progress; write checkpoints atomically (serving.save_checkpoint).",
-        )
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise EmptyCheckpointError(
+                f"The checkpoint {str(path)!r} is empty (0 bytes).",
+                hint="A save may still be in progress; write checkpoints atomically "
+                "(serving.save_checkpoint).",
+            )
         head = fh.read(16)
-    if head.startswith(_ZIP_MAGIC):
-        return _detect_zip(path)
+        if head.startswith(_ZIP_MAGIC):
+            return _detect_zip(path, fh, size)
     if _looks_like_safetensors(path, head, size):
         return Layout.SAFETENSORS
     if head.startswith(_LEGACY_PICKLE_MAGIC):
@@ -71,10 +78,36 @@ def detect_layout(path: str | Path) -> Layout:
     )
 
 
-def _detect_zip(path: Path) -> Layout:
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; a typed error otherwise.
+
+    A FIFO would block the reader until someone writes to it (``open`` itself waits for a writer),
+    a device never ends: neither is a checkpoint, and the check happens on the opened descriptor,
+    so a file swapped for a FIFO after a directory scan is refused too.
+    """
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"No checkpoint at {str(path)!r}.") from None
+    except OSError as exc:
+        raise CheckpointError(
+            f"Cannot open {str(path)!r} ({type(exc).__name__}).",
+            hint="Check that the server's user may read it.",
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotACheckpointError(
+            f"{str(path)!r} is not a regular file (a FIFO, socket or device): it is never read.",
+            hint="Write checkpoints as regular files.",
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _detect_zip(path: Path, fh: BinaryIO, size: int) -> Layout:
+    try:
+        with zipfile.ZipFile(fh) as archive:
+            entries = archive.infolist()
     except Exception as exc:  # untrusted bytes: zipfile also raises NotImplementedError, ValueError, ...
         raise CorruptCheckpointError(
             f"{str(path)!r} ({describe_file(path)}) starts like a torch.save/TorchScript archive but "
@@ -82,8 +115,18 @@ def _detect_zip(path: Path) -> Layout:
             "or damaged.",
             hint="Wait for the writer to finish, or save again (atomically: serving.save_checkpoint).",
         ) from exc
+    # torch writes weights and pickles stored (uncompressed) and reads tensors by their offset in the
+    # file: a compressed one would be read as garbage weights (mmap) or inflate without bound (a zip
+    # bomb). Only TorchScript's code/ files are deflated, and they are small. A size the file cannot
+    # hold is a lie. Checked before torch reads a byte.
+    if any(_odd_entry(e, size) for e in entries):
+        raise CorruptCheckpointError(
+            f"{str(path)!r} ({size} bytes) is a zip archive with compressed weights, or entry sizes "
+            "the file cannot hold; torch.save and torch.jit.save write neither.",
+            hint="Save the checkpoint again with torch.save (do not re-zip it).",
+        )
     # torch archives hold everything under one top folder: "<name>/data.pkl", "<name>/code/...".
-    inner = {name.split("/", 1)[1] for name in names if "/" in name}
+    inner = {e.filename.split("/", 1)[1] for e in entries if "/" in e.filename}
     if "archive_format" in inner or "models/model.json" in inner:
         return Layout.EXPORTED_PROGRAM
     if any(name.startswith("code/") for name in inner) or "constants.pkl" in inner:
@@ -94,6 +137,15 @@ def _detect_zip(path: Path) -> Layout:
         f"{str(path)!r} is a zip archive but not one torch wrote (no data.pkl, code/ or model.json inside).",
         hint="Point ckptserve at the checkpoint itself, not at an archive that contains it.",
     )
+
+
+def _odd_entry(entry: zipfile.ZipInfo, size: int) -> bool:
+    if entry.header_offset + entry.compress_size > size:
+        return True
+    if entry.compress_type == zipfile.ZIP_STORED:
+        return entry.file_size != entry.compress_size
+    code = entry.filename.split("/", 1)[-1].startswith("code/")
+    return not code or entry.file_size > _MAX_CODE_FILE_BYTES
 
 
 def _looks_like_safetensors(path: Path, head: bytes, size: int) -> bool:
@@ -115,7 +167,7 @@ def _looks_like_safetensors(path: Path, head: bytes, size: int) -> bool:
 def _detect_directory(path: Path) -> Layout:
     if (path / ".metadata").is_file():
         return Layout.DCP
-    if list(path.glob("*.index.json")):
+    if index_files(path):
         return Layout.SHARDED_SAFETENSORS
     found = sorted(p.name for p in path.iterdir())[:8]
     raise NotACheckpointError(
@@ -123,6 +175,11 @@ def _detect_directory(path: Path) -> Layout:
         hint="A directory checkpoint needs a DCP '.metadata' file or a safetensors '*.index.json'; "
         "for a single file, pass the file's path.",
     )
+
+
+def index_files(directory: Path) -> list[Path]:
+    """The ``*.index.json`` regular files of a sharded-safetensors directory, sorted."""
+    return sorted(p for p in directory.glob("*.index.json") if p.is_file())
 
 
 def describe_file(path: Path) -> str:
@@ -136,8 +193,9 @@ def describe_file(path: Path) -> str:
 def read_json(path: Path) -> dict:
     """Read a small JSON side file (index, config) with a typed error on bad content."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        with open_regular(path) as fh:
+            data = json.loads(fh.read(_MAX_JSON_BYTES + 1)[:_MAX_JSON_BYTES].decode())
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays
         # The decoder's message may quote a byte of the file: name the failure only.
         raise CorruptCheckpointError(
             f"Cannot read {str(path)!r} ({describe_file(path)}) as a UTF-8 JSON object "

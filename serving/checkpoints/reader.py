@@ -16,11 +16,13 @@ import torch
 from torch import nn
 
 from serving.checkpoints.dcp import read_dcp
-from serving.checkpoints.layout import Layout, describe_file, detect_layout, read_json
+from serving.checkpoints.layout import Layout, describe_file, detect_layout, index_files, read_json
+from serving.checkpoints.pickle_size import check_pickle_size
 from serving.checkpoints.selection import jsonable_metadata, select_state_dict
 from serving.errors import (
     ArchitectureError,
     CheckpointError,
+    CkptServeError,
     CorruptCheckpointError,
     NotACheckpointError,
     UnsafeCheckpointError,
@@ -62,6 +64,24 @@ def read_checkpoint(
     moved by the loader.
     """
     path = Path(path)
+    try:
+        contents = _read(path, expected, state_dict_key, trust_pickle, safe_globals, map_location)
+    except CkptServeError:
+        raise
+    except Exception as exc:  # hostile structure makes readers raise anything: a typed error, never bytes
+        raise _corrupt(path, exc) from None
+    _check_dense(contents)
+    return contents
+
+
+def _read(
+    path: Path,
+    expected: ShapeMap | None,
+    state_dict_key: str | None,
+    trust_pickle: bool,
+    safe_globals: Iterable[str],
+    map_location: torch.device | str,
+) -> CheckpointContents:
     layout = detect_layout(path)
     if layout is Layout.TORCHSCRIPT:
         return _read_torchscript(path, map_location)
@@ -86,6 +106,25 @@ def read_checkpoint(
     contents = _interpret(path, layout, obj, expected=expected, state_dict_key=state_dict_key)
     contents.metadata["saved_devices"] = sorted(saved_on)
     return contents
+
+
+def _check_dense(contents: CheckpointContents) -> None:
+    # Sparse, meta and nested tensors unpickle fine but have no plain data to copy into a model;
+    # a key that is not a string (weights_only allows ints and tuples) names no weight.
+    for name, value in (contents.state_dict or {}).items():
+        if not isinstance(name, str):
+            raise CorruptCheckpointError(
+                f"{str(contents.path)!r}: its state dict has a key of type {type(name).__name__}; "
+                "a state dict's keys are weight names (strings).",
+                hint="Save model.state_dict().",
+            )
+        if torch.is_tensor(value) and (value.layout is not torch.strided or value.is_meta or value.is_nested):
+            kind = "a meta tensor (no data)" if value.is_meta else f"a {value.layout} tensor"
+            raise CorruptCheckpointError(
+                f"{str(contents.path)!r}: the entry {name[:100]!r} is {kind}; weights must be "
+                "dense tensors with their data.",
+                hint="Save model.state_dict() of a materialized model (to_dense() sparse weights).",
+            )
 
 
 def read_metadata(path: str | Path, *, safe_globals: Iterable[str] = ()) -> dict[str, Any]:
@@ -124,6 +163,7 @@ def _number_or_text(text: str) -> Any:
 def _torch_load(
     path: Path, layout: Layout, saved_on: set[str], *, trust_pickle: bool, safe_globals: Iterable[str]
 ) -> Any:
+    check_pickle_size(path, layout)
     allowed = [_import_global(name) for name in safe_globals]
 
     def to_cpu(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
@@ -202,7 +242,7 @@ def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
 def _layout_name(path: Path) -> str:
     try:
         return f"detected as {detect_layout(path).value}"
-    except CheckpointError:
+    except Exception:  # only a description: whatever the second look fails with
         return "of no known layout"
 
 
@@ -243,28 +283,35 @@ def _read_safetensors_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def _read_sharded_safetensors(path: Path) -> CheckpointContents:
-    index_files = sorted(path.glob("*.index.json"))
-    index = read_json(index_files[0])
+    index_file = index_files(path)[0]
+    index = read_json(index_file)
     weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CorruptCheckpointError(f"{str(index_files[0])!r} has no 'weight_map'.")
+    shards = weight_map.values() if isinstance(weight_map, dict) else ()
+    if not weight_map or not shards or not all(isinstance(v, str) for v in shards):
+        raise CorruptCheckpointError(
+            f"{str(index_file)!r} has no 'weight_map' of tensor name -> shard file name."
+        )
+    root = path.resolve()
     tensors: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = path / shard
-        if not shard_path.is_file():
+        # The index comes from the file: "../x" or "/abs/x" would read (and serve) a file elsewhere.
+        if not shard_path.resolve().is_relative_to(root) or not shard_path.is_file():
             raise CorruptCheckpointError(
-                f"The index {index_files[0].name!r} names the shard {shard!r}, which is missing from "
-                f"{str(path)!r}.",
-                hint="Copy every shard, or wait for the writer to finish.",
+                f"The index {index_file.name!r} names a shard that is not a file inside {str(path)!r}.",
+                hint="Copy every shard into the checkpoint directory, or wait for the writer to finish.",
             )
         shard_tensors, _ = _read_safetensors_file(shard_path)
         tensors.update(shard_tensors)
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
         raise CorruptCheckpointError(
-            f"The shards of {str(path)!r} lack {len(missing)} indexed tensors: {missing[:5]}."
+            f"The shards of {str(path)!r} lack {len(missing)} indexed tensors: "
+            f"{[str(m)[:100] for m in missing[:5]]}."
         )
-    meta = {k: v for k, v in index.get("metadata", {}).items() if isinstance(v, (str, int, float, bool))}
+    metadata = index.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    meta = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}
     return CheckpointContents(
         path, Layout.SHARDED_SAFETENSORS, "state_dict", state_dict=tensors, metadata=meta
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import struct
 import zipfile
@@ -12,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.checkpoints.layout import Layout, detect_layout
+from serving.checkpoints.layout import Layout, detect_layout, index_files, open_regular
 from serving.checkpoints.reader import read_metadata
 from serving.checkpoints.saver import METADATA_KEY
-from serving.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Scanner:
         if entry.is_file():
             part, ctime_ns = _file_signature(entry, entry.name)
             return Signature((part,)), ctime_ns > part[2]
-        if entry.is_dir() and ((entry / ".metadata").is_file() or any(entry.glob("*.index.json"))):
+        if entry.is_dir() and ((entry / ".metadata").is_file() or index_files(entry)):
             parts = tuple(
                 _file_signature(p, str(p.relative_to(entry)))[0]
                 for p in sorted(entry.rglob("*"))
@@ -158,8 +158,8 @@ class Scanner:
             try:
                 if detect_layout(entry) in (Layout.TORCH_SAVE, Layout.SAFETENSORS):
                     metadata = read_metadata(entry)
-            except CheckpointError:
-                pass  # not readable as metadata; the validation gate gives the real reason
+            except Exception:  # metadata is optional; the validation gate gives the real reason
+                pass
             epoch = metadata.get("epoch")
             if not isinstance(epoch, int) or isinstance(epoch, bool):
                 epoch = number_in_name(entry.name)
@@ -170,9 +170,9 @@ class Scanner:
 def is_whole_file(path: Path) -> bool:
     """True when a zip or safetensors file is structurally complete (a partial write is not)."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(8)
-            size = path.stat().st_size
+            size = os.fstat(fh.fileno()).st_size
             if head.startswith(b"PK\x03\x04"):
                 with zipfile.ZipFile(fh) as archive:
                     return bool(archive.namelist())
@@ -181,7 +181,7 @@ def is_whole_file(path: Path) -> bool:
                 header = json.loads(fh.read(header_len))
                 ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
                 return 8 + header_len + max(ends, default=0) == size
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, struct.error):
+    except Exception:  # any surprise (deep JSON nesting, a FIFO) means "not whole"
         return False
     return False
 

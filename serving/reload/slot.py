@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from serving.checkpoints.keys import align_keys, shape_map
+from serving.checkpoints.keys import align_keys, check_dtype_kinds, shape_map
 from serving.checkpoints.layout import Layout
 from serving.checkpoints.memory import release_pages
 from serving.checkpoints.reader import CheckpointContents
@@ -174,11 +174,12 @@ class ModelSlot:
             )
         live_state = live.state_dict()
         alignment = align_keys(shape_map(contents.state_dict), shape_map(live_state))
+        source = {new: contents.state_dict[old] for old, new in alignment.rename.items()}
         try:
             alignment.raise_if_inexact(repr(str(contents.path)))
+            check_dtype_kinds(repr(str(contents.path)), source, {k: v.dtype for k, v in live_state.items()})
         except CkptServeError as err:
             raise CandidateRejected(err.message) from None
-        source = {new: contents.state_dict[old] for old, new in alignment.rename.items()}
         check_weights_finite(source)
         # The candidate runs through the live module's code without being copied in (functional_call).
         placed = {k: v.to(device=live_state[k].device, dtype=live_state[k].dtype) for k, v in source.items()}

@@ -101,11 +101,13 @@ class Reloader:
             if (candidate.name, candidate.signature) in self._rejected:
                 continue  # while waiting for a first checkpoint, each poll comes back here
             sha = self._sha(candidate)
+            if sha is None:
+                continue
             try:
                 model = self._load(candidate.path, sha)
                 sample_check(model)
-            except CkptServeError as err:
-                self._reject(candidate, sha, err.message)
+            except Exception as exc:  # any failure rejects the file; start-up never fails on one
+                self._reject(candidate, sha, rejection_reason(exc))
                 continue
             self._report_skipped(candidates, ranking, candidate)
             return model
@@ -171,6 +173,10 @@ class Reloader:
         """One poll: returns True if a new checkpoint is now served."""
         assert self.slot is not None
         candidates = self._scanner.scan()
+        # Only files still there are remembered: a writer rewriting a file forever must not grow these.
+        present = {(c.name, c.signature) for c in candidates}
+        self._hashes = {k: v for k, v in self._hashes.items() if k in present}
+        self._rejected = {k: v for k, v in self._rejected.items() if k in present}
         ranking = self._rank(candidates)
         reloaded = False
         # Best first; a rejected one gives way to the next, down to the one already served.
@@ -178,6 +184,8 @@ class Reloader:
             if (candidate.name, candidate.signature) in self._rejected or not self._contained(candidate):
                 continue
             sha = self._sha(candidate)
+            if sha is None:
+                continue
             if sha == self.slot.info.sha256:
                 break  # the policy's choice is already served
             if self._reload(candidate, sha):
@@ -206,8 +214,8 @@ class Reloader:
                 model = self._load(candidate.path, sha)
                 self.slot.validate(model)
                 self.slot.swap(model)
-        except CkptServeError as err:
-            self._reject(candidate, sha, err.message)
+        except Exception as exc:  # a surprise must reject this file, not stall the watcher on it forever
+            self._reject(candidate, sha, rejection_reason(exc))
             self._on_event("rejected", time.perf_counter() - started)
             return False
         seconds = time.perf_counter() - started
@@ -225,7 +233,7 @@ class Reloader:
         }
         self._on_event("success", seconds)
         log.info(
-            "reload: now serving %s (epoch %s, sha256 %s) after %.2fs",
+            "reload: now serving %r (epoch %s, sha256 %s) after %.2fs",
             info.path,
             info.epoch,
             sha[:12],
@@ -306,10 +314,16 @@ class Reloader:
         self._scanner.skipped[candidate.name] = OUTSIDE
         return False
 
-    def _sha(self, candidate: Candidate) -> str:
+    def _sha(self, candidate: Candidate) -> str | None:
+        """The candidate's sha256, or None once it is rejected as unreadable (a FIFO swapped in, EACCES)."""
         key = (candidate.name, candidate.signature)
         if key not in self._hashes:
-            self._hashes[key] = sha256_of(candidate.path)
+            try:
+                detect_layout(candidate.path)  # cheap: a 1 TB file of zeros is refused before it is hashed
+                self._hashes[key] = sha256_of(candidate.path)
+            except Exception as exc:
+                self._reject(candidate, "", rejection_reason(exc))
+                return None
         return self._hashes[key]
 
     def _reject(self, candidate: Candidate, sha: str, reason: str) -> None:
@@ -322,7 +336,21 @@ class Reloader:
         self.status.last_rejected = rejection
         self.status.recent_rejections = [*self.status.recent_rejections[-9:], rejection]
         sha = rejection.sha256[:12] or "-"
-        log.warning("reload: rejected %s (sha256 %s): %s", rejection.path, sha, rejection.reason)
+        # %r: a file name may hold a newline, which would forge a log line (TorchServe parses them).
+        log.warning("reload: rejected %r (sha256 %s): %s", rejection.path, sha, rejection.reason)
+
+
+def rejection_reason(exc: Exception) -> str:
+    """Why a candidate is rejected: a typed error's message; for anything else its type only.
+
+    Other exceptions' messages may quote bytes of the file (decoders do), so they are not shown.
+    """
+    if isinstance(exc, CkptServeError):
+        return exc.message
+    return (
+        f"reading or checking it failed ({type(exc).__name__}): it is damaged, or not a checkpoint "
+        "of this model."
+    )
 
 
 _COPYABLE = (
