@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -17,21 +16,13 @@ import torch
 
 from serving import save_checkpoint
 from serving.torchserve import TorchServeProcess
+from tests.assets.hostile import SECRET, Hostile
 from tests.integration.conftest import Trained, describe, http, package
 
 pytestmark = pytest.mark.integration
 
 POLL_S = 0.25
 DEADLINE_S = 60.0  # polls + loads + a describe on a shared 2-core machine
-SECRET = "QZX-SECRET-MARKER-7f3a"
-
-
-class _Hostile:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 class _Foreign(torch.nn.Module):
@@ -118,7 +109,7 @@ def test_a_hostile_dcp_directory_never_runs(
     # 9.1: a directory named like a checkpoint, taken for DCP, whose .metadata runs a command.
     staging = watch / ".model_epoch_3000.tmp"
     staging.mkdir()
-    (staging / ".metadata").write_bytes(pickle.dumps(_Hostile(marker)))
+    (staging / ".metadata").write_bytes(pickle.dumps(Hostile(marker)))
     (staging / "__0_0.distcp").write_bytes(b"\0" * 64)
     staging.rename(watch / "model_epoch_3000")
     reasons = wait_for(lambda: decided(server, {"model_epoch_3000"}), "the DCP directory rejected")

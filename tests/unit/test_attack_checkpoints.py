@@ -37,6 +37,7 @@ from serving.reload import ModelSlot, Reloader, sample_input
 from serving.reload.slot import check_forward, check_weights_finite
 from serving.spec import parse_spec
 from tests.assets.archs import SmallNet
+from tests.assets.hostile import Hostile
 from tests.conftest import Reference
 
 # A reader that blocks (a FIFO) must be caught by the test, not hang the suite: generous, not a timing.
@@ -231,21 +232,11 @@ def test_a_file_the_server_cannot_open_is_a_rejection(
     assert reloader.status.rejected == 1
 
 
-class _Touch:
-    """Unpickling this runs ``touch MARKER``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_numpy_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
     import numpy as np
 
     marker = tmp_path / "pwned"
-    objects = np.array([_Touch(marker)], dtype=object)
+    objects = np.array([Hostile(marker)], dtype=object)
     np.save(tmp_path / "model_epoch_9.npy", objects, allow_pickle=True)
     np.savez(tmp_path / "model_epoch_8.npz", weights=objects)
     for path in (tmp_path / "model_epoch_9.npy", tmp_path / "model_epoch_8.npz"):

@@ -22,6 +22,7 @@ from serving.errors import (
     UnsafeCheckpointError,
 )
 from tests.assets.archs import SmallNet
+from tests.assets.hostile import Hostile
 from tests.conftest import Reference, train_reference
 
 
@@ -128,21 +129,13 @@ def test_untrusted_pickle_names_the_class_and_the_opt_in(reference: Reference, t
     assert "trust_pickle" in (err.hint or "")
 
 
-class _Hostile:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_hostile_pickle_never_executes(reference: Reference, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save(
-        {"model_state_dict": reference.model.state_dict(), "x": _Hostile(marker)}, tmp_path / "evil.pth"
+        {"model_state_dict": reference.model.state_dict(), "x": Hostile(marker)}, tmp_path / "evil.pth"
     )
     with open(tmp_path / "evil.pkl", "wb") as fh:  # a bare pickle, not even a torch zip
-        pickle.dump(_Hostile(marker), fh, protocol=2)
+        pickle.dump(Hostile(marker), fh, protocol=2)
     for name in ("evil.pth", "evil.pkl"):
         err = _load_error(SmallNet, tmp_path / name)
         assert isinstance(err, (UnsafeCheckpointError, CorruptCheckpointError, NotACheckpointError))

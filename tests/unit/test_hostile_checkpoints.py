@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
 import warnings
@@ -27,25 +26,14 @@ from serving.reload import ModelSlot, Reloader, sample_input
 from serving.reload.slot import CandidateRejected, check_same_model
 from serving.spec import parse_spec
 from tests.assets.archs import SmallNet
+from tests.assets.hostile import SECRET, Hostile
 from tests.conftest import Reference, train_reference
-
-SECRET = "QZX-SECRET-MARKER-7f3a"
-
-
-class _Hostile:
-    """Unpickling this runs ``touch MARKER``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def hostile_dcp(directory: Path, marker: Path) -> Path:
     """The attack of issue 9.1: a checkpoint-named directory whose .metadata runs a command."""
     directory.mkdir(parents=True)
-    (directory / ".metadata").write_bytes(pickle.dumps(_Hostile(marker)))
+    (directory / ".metadata").write_bytes(pickle.dumps(Hostile(marker)))
     (directory / "__0_0.distcp").write_bytes(b"\0" * 64)
     return directory
 
@@ -108,14 +96,14 @@ def test_other_pickled_payloads_never_run(reference: Reference, tmp_path: Path, 
     path = tmp_path / "model_epoch_9.ckpt"
     if where == "legacy":  # torch.save's pre-1.6 (non-zip) format
         torch.save(
-            {"model_state_dict": reference.model.state_dict(), "x": _Hostile(marker)},
+            {"model_state_dict": reference.model.state_dict(), "x": Hostile(marker)},
             path,
             _use_new_zipfile_serialization=False,
         )
     else:
         state = {f"model.{k}": v for k, v in reference.model.state_dict().items()}
         torch.save(
-            {"state_dict": state, "pytorch-lightning_version": "2.4.0", "hyper_parameters": _Hostile(marker)},
+            {"state_dict": state, "pytorch-lightning_version": "2.4.0", "hyper_parameters": Hostile(marker)},
             path,
         )
     assert isinstance(_error(load_model, SmallNet, path), UnsafeCheckpointError)
