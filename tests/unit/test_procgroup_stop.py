@@ -25,7 +25,7 @@ time.sleep(120)
 """
 
 
-def test_a_member_born_after_the_first_sigterm_is_stopped_without_sigkill(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_member_born_after_sigterm_is_stopped_without_sigkill(caplog: pytest.LogCaptureFixture) -> None:
     leader = subprocess.Popen(
         [sys.executable, "-c", RESPAWNING_LEADER], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
