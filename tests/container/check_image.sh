@@ -76,7 +76,8 @@ http() {
     in_ctr "$1" python - "$2" "$3" "$4" "${5:-}" "${6:-inference}" <<'PY'
 import json, os, sys, urllib.error, urllib.request as u
 port, method, path, body, which = sys.argv[1:6]
-headers = {"Content-Type": "application/json"}
+# No Content-Type without a body: the handler answers a management GET that has one as inference
+headers = {"Content-Type": "application/json"} if body else {}
 key_file = "/tmp/ckptserve-%d/key_file.json" % os.getuid()
 if os.path.exists(key_file):
     headers["Authorization"] = "Bearer " + json.load(open(key_file))[which]["key"]
@@ -98,7 +99,7 @@ stop_check() {
     "$ENGINE" stop -t 10 "$name" >/dev/null 2>&1
     took=$(secs "$t0" "$(now)")
     code=$("$ENGINE" inspect -f '{{.State.ExitCode}}' "$name")
-    if [[ $code == 0 ]] && awk -v t="$took" 'BEGIN { exit !(t < 10) }'; then
+    if [[ $code == 0 ]] && awk -v t="$took" 'BEGIN { exit !(t < 10) }' && ! logs_have "$1" "outlived SIGTERM"; then
         pass "stop $when: exit code $code after $took s"
     else
         fail "stop $when: exit code $code after $took s (wanted 0 within 10 s)"
@@ -124,6 +125,8 @@ start empty -v "$CKPT:/checkpoints"
 check "empty volume: the log says it waits for the first checkpoint" wait_for logs_have empty "waiting for the first checkpoint in /checkpoints"
 if ready empty; then fail "empty volume: status --ready exits 0 while waiting"; else
     pass "empty volume: status --ready exits $? while waiting"; fi
+if "$ENGINE" healthcheck run "$PREFIX-empty" >/dev/null 2>&1; then fail "empty volume: HEALTHCHECK passes while waiting"; else
+    pass "empty volume: HEALTHCHECK fails while waiting (unhealthy until a checkpoint is served)"; fi
 reply=$(http empty 8080 POST /predictions/digits "$DIGIT")
 [[ $reply == 503* && $reply == */checkpoints* ]] && pass "empty volume: a request gets 503 naming /checkpoints" ||
     fail "empty volume: a request got: ${reply:0:200}"
@@ -148,6 +151,7 @@ stop_check empty "in steady state"
 # --- 3. stops at other moments --------------------------------------------------------------------
 start early -v "$CKPT:/checkpoints:ro"
 sleep 3 # the moment under test: a stop 3 s into start-up (the JVM is starting)
+logs_have early "inference (HTTP)" && info "early: the server had started within 3 s (not a start-up stop)"
 stop_check early "3 s after start"
 start waiting -v "$(owned_dir empty2):/checkpoints:ro"
 wait_for logs_have waiting "waiting for the first checkpoint" || fail "waiting: never logged it"
@@ -192,6 +196,7 @@ start readonly --read-only -v "$(owned_dir tmp):/tmp" -v "$(owned_dir logs):/var
 check "read-only root: ready" wait_for ready readonly
 reply=$(http readonly 8080 POST /predictions/digits "$DIGIT")
 [[ $reply == 200* ]] && pass "read-only root: prediction without a key (--no-token-auth)" || fail "read-only root: ${reply:0:200}"
+check "read-only root: HEALTHCHECK passes (no key file with --no-token-auth)" "$ENGINE" healthcheck run "$PREFIX-readonly"
 stop_check readonly "read-only root, steady state"
 
 info "$FAILS failed"
