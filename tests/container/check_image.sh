@@ -7,7 +7,8 @@
 #   tests/container/check_image.sh                    # build ckptserve:dev, then every check
 #   IMAGE=ckptserve:0.1.0 NO_BUILD=1 tests/container/check_image.sh
 # Knobs: ENGINE (podman), IMAGE (ckptserve:dev), NO_BUILD (skip the build), BUILD_ARGS (extra build
-# arguments, e.g. "--network host --pull=never --build-arg TORCH_INDEX_URL=..."), DEADLINE (s, 300).
+# arguments, e.g. "--network host --pull=never --build-arg TORCH_INDEX_URL=..."), RUN_ARGS (extra
+# options for every container, e.g. "--ulimit nofile=8192:8192"), DEADLINE (s, 300).
 # Each line it prints starts with PASS, FAIL or INFO; the exit status is the number of FAILs (0: all pass).
 # Containers run with --network none: every request is made from inside the container, so no port of the
 # host is taken and several runs do not collide.
@@ -53,7 +54,9 @@ start() {
     while (($#)) && [[ $1 != -- ]]; do opts+=("$1"); shift; done
     shift || true
     STARTED+=("$name")
-    "$ENGINE" run -d --name "$name" --network none "${opts[@]}" "$IMAGE" "$@" >/dev/null
+    # shellcheck disable=SC2086 # RUN_ARGS is a list of words on purpose
+    "$ENGINE" run -d --name "$name" --network none ${RUN_ARGS:-} "${opts[@]}" "$IMAGE" "$@" >/dev/null 2>"$WORK/run.err" ||
+        fail "start $name: the engine refused: $(grep -v systemd "$WORK/run.err" | tail -n 1)"
 }
 
 # Poll until the command succeeds or $DEADLINE seconds pass (no fixed sleeps as synchronization).
