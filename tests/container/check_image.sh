@@ -138,6 +138,9 @@ in_ctr empty python model_store/digits/train.py /checkpoints --epochs 1 >"$WORK/
     pass "training (podman exec, uid 10001) wrote $(ls "$CKPT" | tr '\n' ' ')" || { fail "training"; tail -n 20 "$WORK/train.log"; }
 check "empty volume: ready after training" wait_for ready empty
 info "ready $(secs "$t0" "$(now)") s after training started"
+# the key as k8s/README.md tells a user to read it
+key=$(in_ctr empty python -c "import json; print(json.load(open('/tmp/ckptserve-10001/key_file.json'))['inference']['key'])")
+[[ -n $key ]] && pass "k8s/README.md's command prints the inference key" || fail "k8s/README.md's key command printed nothing"
 reply=$(http empty 8080 POST /predictions/digits "$DIGIT")
 [[ $reply == 200* ]] && pass "prediction with the inference key: ${reply:0:120}" || fail "prediction: ${reply:0:200}"
 reply=$(in_ctr empty python - <<<'import urllib.error, urllib.request as u
@@ -192,9 +195,20 @@ quota_check cpus1 "--cpus 1" 1 1
 start cpuset0 --cpuset-cpus 0 -v "$CKPT:/checkpoints:ro"
 quota_check cpuset0 "--cpuset-cpus 0" 1 1
 
-# --- 5. read-only root filesystem, as k8s/base/deployment.yaml runs it ----------------------------
+# --- 5. read-only root filesystem, as k8s/ runs the training Job and the servers ------------------
+# The Job (k8s/examples/train-job.yaml): its command, working directory and environment, /tmp writable.
+JOB_CKPT=$(owned_dir job-checkpoints)
+# shellcheck disable=SC2086 # RUN_ARGS is a list of words on purpose
+if "$ENGINE" run --rm --network none ${RUN_ARGS:-} --read-only -v "$(owned_dir job-tmp):/tmp" \
+    -v "$JOB_CKPT:/checkpoints" --workdir /app -e HOME=/tmp -e TMPDIR=/tmp -e OMP_NUM_THREADS=2 \
+    --cap-drop ALL --security-opt no-new-privileges --entrypoint python "$IMAGE" \
+    model_store/digits/train.py /checkpoints --epochs 1 >"$WORK/job.log" 2>&1; then
+    pass "training Job (read-only root) wrote $(ls "$JOB_CKPT" | tr '\n' ' ')"
+else
+    fail "training Job (read-only root)"; grep -v systemd "$WORK/job.log" | tail -n 10
+fi
 start readonly --read-only -v "$(owned_dir tmp):/tmp" -v "$(owned_dir logs):/var/log/ckptserve" \
-    -v "$CKPT:/checkpoints:ro" --workdir /tmp --cap-drop ALL --security-opt no-new-privileges \
+    -v "$JOB_CKPT:/checkpoints:ro" --workdir /tmp --cap-drop ALL --security-opt no-new-privileges \
     -e OMP_NUM_THREADS=1 -- --no-token-auth
 check "read-only root: ready" wait_for ready readonly
 reply=$(http readonly 8080 POST /predictions/digits "$DIGIT")
