@@ -213,6 +213,8 @@ start readonly --read-only -v "$(owned_dir tmp):/tmp" -v "$(owned_dir logs):/var
 check "read-only root: ready" wait_for ready readonly
 reply=$(http readonly 8080 POST /predictions/digits "$DIGIT")
 [[ $reply == 200* ]] && pass "read-only root: prediction without a key (--no-token-auth)" || fail "read-only root: ${reply:0:200}"
+reply=$(http readonly 8080 GET /ping)
+[[ $reply == 200* ]] && pass "read-only root: /ping 200 without a key (the Deployment's startupProbe)" || fail "read-only root: /ping ${reply:0:200}"
 check "read-only root: HEALTHCHECK passes (no key file with --no-token-auth)" "$ENGINE" healthcheck run "$PREFIX-readonly"
 stop_check readonly "read-only root, steady state"
 
