@@ -121,13 +121,13 @@ USER 10001:10001
 # are not published (the Kubernetes Service and NetworkPolicy leave them out too).
 EXPOSE 8080 7070 8001 8082
 
-# /ping answers 200 only when every model has its minimum workers ready. No curl in slim: python.
-# start-period covers the JVM start plus the first checkpoint load. On 0.0.0.0 token authorization is on
-# and TorchServe wants the inference key on /ping too: the check reads it from the server's runtime
-# directory (/tmp/ckptserve-UID, key_file.json, readable by this user only); with --no-token-auth there
-# is no key file and none is sent.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import json, os, sys, urllib.request as u; f = '/tmp/ckptserve-%d/key_file.json' % os.getuid(); h = {'Authorization': 'Bearer ' + json.load(open(f))['inference']['key']} if os.path.exists(f) else {}; sys.exit(0 if u.urlopen(u.Request('http://127.0.0.1:8080/ping', headers=h), timeout=4).status == 200 else 1)"]
+# Healthy = every model serves a checkpoint on a READY worker, as the Kubernetes readiness probe asks.
+# Not /ping: it answers 200 while a worker still waits for training's first checkpoint and every
+# request gets 503. `ckptserve status --ready` asks the management API on loopback with the key from
+# its runtime directory (none with --no-token-auth). start-period covers the JVM start plus the first
+# checkpoint load; a server that waits for training longer shows as unhealthy until it serves.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["ckptserve", "status", "--ready", "--quiet"]
 
 # Token authorization is on (0.0.0.0 is beyond loopback): clients send the inference key from
 # /tmp/ckptserve-10001/key_file.json (`docker exec ... cat` it). Append --no-token-auth to `docker run`

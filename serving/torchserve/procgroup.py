@@ -66,10 +66,15 @@ def looks_like_torchserve(pgid: int) -> bool:
     return False
 
 
+# While TorchServe stops, SIGTERM goes to its group again this often (see terminate_group).
+RESIGNAL_INTERVAL_S = 1.0
+
+
 def terminate_group(pgid: int, timeout_s: float, reap: Callable[[], object] | None = None) -> None:
     # Java shuts its workers down on SIGTERM and needs 2-5 s; `torchserve --stop` does not wait for it.
-    def wait(seconds: float) -> bool:
+    def wait(seconds: float, resignal: signal.Signals | None = None) -> bool:
         until = time.monotonic() + seconds
+        next_signal = time.monotonic() + RESIGNAL_INTERVAL_S
         while True:
             if reap is not None:
                 reap()  # our own child would otherwise linger as a zombie
@@ -77,10 +82,15 @@ def terminate_group(pgid: int, timeout_s: float, reap: Callable[[], object] | No
                 return True
             if time.monotonic() >= until:
                 return False
+            if resignal is not None and time.monotonic() >= next_signal:
+                # The frontend restarts a worker that the first SIGTERM ended before its own shutdown
+                # hook runs; that new worker missed the signal and would wait for its socket forever.
+                _signal_group(pgid, resignal)
+                next_signal += RESIGNAL_INTERVAL_S
             time.sleep(0.1)
 
     _signal_group(pgid, signal.SIGTERM)
-    if wait(timeout_s):
+    if wait(timeout_s, resignal=signal.SIGTERM):
         return
     log.warning("TorchServe (process group %d) outlived SIGTERM by %.0f s; killing it", pgid, timeout_s)
     _signal_group(pgid, signal.SIGKILL)
