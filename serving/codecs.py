@@ -222,9 +222,10 @@ def _decode_v2(doc: dict[str, Any], spec: InputSpec) -> DecodedRequest:
     if missing:
         raise RequestError(f"input {inp.get('name')!r} lacks {missing}", hint=_HINT_V2)
     name, shape, datatype, data = inp["name"], inp["shape"], inp["datatype"], inp["data"]
-    if datatype not in _V2_DTYPES:
+    if not isinstance(datatype, str) or datatype not in _V2_DTYPES:  # a list or object is not hashable
         raise RequestError(
-            f"input {name!r} has datatype {datatype!r}; this numeric model accepts {', '.join(_V2_DTYPES)}",
+            f"input {name!r} has datatype {str(datatype)[:80]!r}; this numeric model accepts "
+            f"{', '.join(_V2_DTYPES)}",
             hint="send the tensor's numbers with one of these datatypes",
         )
     expected = (-1, *spec.shape)
