@@ -23,10 +23,11 @@ METRICS_CONFIG = Path(__file__).resolve().parent / "torchserve" / "metrics.yaml"
 # `ckptserve stop` leaves this in the runtime directory before it stops anything, so that a
 # foreground server that sees its processes go knows the stop was asked for.
 STOP_MARKER = "stop-requested"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequested(BaseException):
-    """SIGTERM or SIGINT arrived: stop every process of the server and exit cleanly."""
+    """SIGTERM, SIGINT or SIGHUP arrived: stop every process of the server and exit cleanly."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -166,10 +167,11 @@ class Server:
 
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM and SIGINT raise StopRequested in the main thread, from start-up on.
+        """SIGTERM, SIGINT and SIGHUP raise StopRequested in the main thread, from start-up on.
 
-        Installed before anything starts: Python's default SIGTERM ends the process without stopping
-        TorchServe, and as PID 1 (a container) a signal without a handler is ignored outright.
+        Installed before anything starts: Python's default SIGTERM (or SIGHUP, a closed terminal or
+        SSH session) ends the process without stopping TorchServe and the gateway, which run in
+        sessions of their own; as PID 1 (a container) a signal without a handler is ignored outright.
         Once a stop runs, further signals are ignored: they must not cut the stop short.
         """
 
@@ -178,7 +180,7 @@ class Server:
                 self._stopping = True
                 raise StopRequested(signum)
 
-        previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, raise_stop) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
