@@ -48,3 +48,19 @@ TOP_KEYS = st.sampled_from(["id", "outputs", "inputs", "instances"])
 def test_any_json_value_in_any_top_level_key(key: str, value: Any, spec: InputSpec) -> None:
     doc: dict[str, Any] = {"inputs": [dict(VALID)]} if key in ("id", "outputs") else {}
     answers_4xx({**doc, key: value}, spec)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"instances": [[[[10**30] * 4] * 4]]},
+        {"inputs": [{**VALID, "datatype": "INT64", "data": [10**30] * 16}]},
+        {"inputs": [{**VALID, "data": [-(2**64)] * 16}]},
+    ],
+    ids=["v1", "v2-int64", "v2-fp32"],
+)
+def test_an_integer_beyond_64_bits_is_named_not_called_a_shape_error(doc: Any) -> None:
+    with pytest.raises(CkptServeError) as info:
+        decode_request(doc, "application/json", InputSpec(shape=(1, 4, 4)))
+    assert info.value.http_status == 400
+    assert "(int)" in info.value.message and "shape" not in info.value.message, info.value.message
