@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serving.errors import ServerError
-from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, endpoint_from_state
+from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, gateway_from_state
 from serving.grpc.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_state
 from serving.torchserve.status import ModelStatus, ServerStatus, describe_model, server_status
@@ -231,5 +231,9 @@ def stop_server(runtime_dir: str | Path) -> bool:
 def status(runtime_dir: str | Path) -> ServerStatus:
     """The server recorded in ``runtime_dir``: processes, ports (the OIP gateway's too), models, workers."""
     found = server_status(Path(runtime_dir))
-    found.oip_grpc = endpoint_from_state(Path(runtime_dir)) if found.running else None
+    gateway = gateway_from_state(Path(runtime_dir)) if found.running else None
+    if gateway is not None:
+        endpoint, running = gateway
+        # a background server's gateway has no supervisor: its death must show, not just its port vanish
+        found.oip_grpc, found.oip_grpc_exited = (endpoint, None) if running else (None, endpoint)
     return found
