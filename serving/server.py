@@ -75,6 +75,8 @@ class Server:
     def start(self, timeout_s: float = 180.0) -> dict[str, int]:
         """Start and wait for READY workers; on failure (or StopRequested) stop everything and raise."""
         (self.runtime_dir / STOP_MARKER).unlink(missing_ok=True)
+        # A live server in this runtime directory holds the gateway's port too: say that, not "port busy".
+        self.torchserve.refuse_live_server()
         if self.oip_grpc_port is not None:
             check_port_free(self.settings.host, self.oip_grpc_port)  # before TorchServe's seconds of start-up
         self.torchserve.start()

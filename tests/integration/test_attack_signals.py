@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_lifecycle import (  # noqa: F401  (fixtures: start_serve, store)
+    _FLAGS,
     GONE_WITHIN_S,
     Serve,
     _first_worker,
@@ -58,6 +59,12 @@ def test_a_killed_gateway_of_a_background_server_shows_in_status_and_fails_readi
     gateway = [p for p in serve.processes() if "serving.grpc" in " ".join(p.cmdline())]
     assert len(gateway) == 1, [p.cmdline()[:4] for p in serve.processes()]
     assert ckptserve("status", *runtime, "--ready", "--quiet").returncode == 0
+    # a second serve on the same runtime directory (and so the same gateway port) names the live server
+    flags = [arg for name, port in serve.ports.items() for arg in (_FLAGS[name], str(port))]
+    again = ckptserve(
+        "serve", "--model-store", str(store), *runtime, "--oip-grpc-port", str(serve.oip_port), *flags
+    )
+    assert again.returncode == 2 and "already runs from" in again.stderr, again.stdout + again.stderr
     gateway[0].kill()
     gateway[0].wait(30)
 
