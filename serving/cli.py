@@ -179,6 +179,7 @@ def _credentials(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from serving.grpc.process import LOG_FILE
     from serving.server import status
 
     found = status(args.runtime_dir)
@@ -195,6 +196,11 @@ def _status(args: argparse.Namespace) -> int:
         grpc = f"gRPC {urls['grpc_inference']}" + (
             f"   OIP v2 gRPC {found.oip_grpc}" if found.oip_grpc else ""
         )
+        if found.oip_grpc_exited:
+            grpc += (
+                f"   OIP v2 gRPC {found.oip_grpc_exited} EXITED (see {LOG_FILE} in the log dir; "
+                "`ckptserve stop`, then serve again)"
+            )
         print(f"           {grpc}")
         for model in found.models:
             workers = ", ".join(f"{w['id']} {w['status']}" for w in model.workers) or "none"

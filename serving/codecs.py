@@ -106,7 +106,12 @@ def _first_misfit(x: Any, kinds: str) -> tuple[bool, Any]:
                 return found
         return False, None
     # bool before int: bool is an int subclass, but OIP keeps BOOL apart from the integers
-    kind = "b" if isinstance(x, bool) else "i" if isinstance(x, int) else "f" if isinstance(x, float) else "O"
+    if isinstance(x, bool):
+        kind = "b"
+    elif isinstance(x, int):
+        kind = "i" if -(2**63) <= x < 2**64 else "O"  # beyond 64 bits numpy keeps Python objects
+    else:
+        kind = "f" if isinstance(x, float) else "O"
     return kind not in kinds, x
 
 
@@ -195,7 +200,8 @@ def _diagnose_rows(instances: list[Any], spec: InputSpec) -> NoReturn:
         bad, value = _first_misfit(inst, "bif")
         if bad:
             raise RequestError(
-                f"instance {i} holds {value!r} ({type(value).__name__}); expected numbers",
+                f"instance {i} holds {value!r} ({type(value).__name__}); expected numbers"
+                + (" (integers within 64 bits)" if isinstance(value, int) else ""),
                 hint="send JSON numbers, not strings or null",
             )
     raise RequestError(
@@ -222,9 +228,10 @@ def _decode_v2(doc: dict[str, Any], spec: InputSpec) -> DecodedRequest:
     if missing:
         raise RequestError(f"input {inp.get('name')!r} lacks {missing}", hint=_HINT_V2)
     name, shape, datatype, data = inp["name"], inp["shape"], inp["datatype"], inp["data"]
-    if datatype not in _V2_DTYPES:
+    if not isinstance(datatype, str) or datatype not in _V2_DTYPES:  # a list or object is not hashable
         raise RequestError(
-            f"input {name!r} has datatype {datatype!r}; this numeric model accepts {', '.join(_V2_DTYPES)}",
+            f"input {name!r} has datatype {str(datatype)[:80]!r}; this numeric model accepts "
+            f"{', '.join(_V2_DTYPES)}",
             hint="send the tensor's numbers with one of these datatypes",
         )
     expected = (-1, *spec.shape)

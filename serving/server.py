@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serving.errors import ServerError
-from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, endpoint_from_state
+from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, gateway_from_state
 from serving.grpc.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_state
 from serving.torchserve.status import ModelStatus, ServerStatus, describe_model, server_status
@@ -23,10 +23,11 @@ METRICS_CONFIG = Path(__file__).resolve().parent / "torchserve" / "metrics.yaml"
 # `ckptserve stop` leaves this in the runtime directory before it stops anything, so that a
 # foreground server that sees its processes go knows the stop was asked for.
 STOP_MARKER = "stop-requested"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequested(BaseException):
-    """SIGTERM or SIGINT arrived: stop every process of the server and exit cleanly."""
+    """SIGTERM, SIGINT or SIGHUP arrived: stop every process of the server and exit cleanly."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -74,6 +75,8 @@ class Server:
     def start(self, timeout_s: float = 180.0) -> dict[str, int]:
         """Start and wait for READY workers; on failure (or StopRequested) stop everything and raise."""
         (self.runtime_dir / STOP_MARKER).unlink(missing_ok=True)
+        # A live server in this runtime directory holds the gateway's port too: say that, not "port busy".
+        self.torchserve.refuse_live_server()
         if self.oip_grpc_port is not None:
             check_port_free(self.settings.host, self.oip_grpc_port)  # before TorchServe's seconds of start-up
         self.torchserve.start()
@@ -166,10 +169,11 @@ class Server:
 
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM and SIGINT raise StopRequested in the main thread, from start-up on.
+        """SIGTERM, SIGINT and SIGHUP raise StopRequested in the main thread, from start-up on.
 
-        Installed before anything starts: Python's default SIGTERM ends the process without stopping
-        TorchServe, and as PID 1 (a container) a signal without a handler is ignored outright.
+        Installed before anything starts: Python's default SIGTERM (or SIGHUP, a closed terminal or
+        SSH session) ends the process without stopping TorchServe and the gateway, which run in
+        sessions of their own; as PID 1 (a container) a signal without a handler is ignored outright.
         Once a stop runs, further signals are ignored: they must not cut the stop short.
         """
 
@@ -178,7 +182,7 @@ class Server:
                 self._stopping = True
                 raise StopRequested(signum)
 
-        previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, raise_stop) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
@@ -229,5 +233,9 @@ def stop_server(runtime_dir: str | Path) -> bool:
 def status(runtime_dir: str | Path) -> ServerStatus:
     """The server recorded in ``runtime_dir``: processes, ports (the OIP gateway's too), models, workers."""
     found = server_status(Path(runtime_dir))
-    found.oip_grpc = endpoint_from_state(Path(runtime_dir)) if found.running else None
+    gateway = gateway_from_state(Path(runtime_dir)) if found.running else None
+    if gateway is not None:
+        endpoint, running = gateway
+        # a background server's gateway has no supervisor: its death must show, not just its port vanish
+        found.oip_grpc, found.oip_grpc_exited = (endpoint, None) if running else (None, endpoint)
     return found

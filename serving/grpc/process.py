@@ -172,14 +172,17 @@ def stop_from_state(runtime_dir: Path, timeout_s: float = 10.0) -> bool:
     return True
 
 
-def endpoint_from_state(runtime_dir: Path) -> str | None:
-    """The endpoint of the gateway that ``runtime_dir`` records, if it still runs."""
+def gateway_from_state(runtime_dir: Path) -> tuple[str, bool] | None:
+    """The endpoint of the gateway that ``runtime_dir`` records and whether it still runs; None if none."""
     try:
         record = json.loads((Path(runtime_dir) / STATE_FILE).read_text())
-        running = "serving.grpc" in " ".join(psutil.Process(int(record["pid"])).cmdline())
-        return str(record["endpoint"]) if running else None
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        endpoint, pid = str(record["endpoint"]), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    try:
+        return endpoint, "serving.grpc" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # gone (killed, crashed) or not ours to read
+        return endpoint, False
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -128,7 +128,7 @@ class TorchServeProcess:
             log.warning("%s", warning)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._refuse_live_server()
+        self.refuse_live_server()
         check_ports_free(settings)
         find_java()
         self.config_path.write_text(render_properties(settings))
@@ -216,7 +216,8 @@ class TorchServeProcess:
         atexit.unregister(self.stop)
         self._stop_on_exit = False
 
-    def _refuse_live_server(self) -> None:
+    def refuse_live_server(self) -> None:
+        """Raise ServerError if a server recorded in this runtime directory still runs."""
         if not self.state_path.exists():
             return
         try:

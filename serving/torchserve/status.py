@@ -91,11 +91,13 @@ class ServerStatus:
     started_at: float
     urls: dict[str, str]
     oip_grpc: str | None = None  # the OIP v2 gateway's endpoint, when one runs (serving.server fills it)
+    oip_grpc_exited: str | None = None  # the endpoint of a gateway that was started and has exited
     models: list[ModelStatus] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
-        return self.running and bool(self.models) and all(m.ready for m in self.models)
+        gateway_ok = self.oip_grpc_exited is None
+        return self.running and gateway_ok and bool(self.models) and all(m.ready for m in self.models)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
