@@ -297,6 +297,10 @@ def _first_worker(serve: Serve) -> bool:
         ("steady", signal.SIGTERM),
         ("steady", signal.SIGINT),
         ("steady", "ckptserve stop"),  # item 4: a requested stop is a clean exit
+        # a closed terminal or SSH session: before, the CLI died and orphaned TorchServe and the gateway
+        ("launched", signal.SIGHUP),
+        ("worker", signal.SIGHUP),
+        ("steady", signal.SIGHUP),
     ],
 )
 def test_a_stop_at_any_moment_stops_every_process_cleanly(
