@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -94,13 +95,23 @@ def server(trained: Trained, start_server, tmp_path_factory: pytest.TempPathFact
     watch = tmp_path_factory.mktemp("attack-watch")
     (watch / "model_epoch_1.pth").write_bytes(trained.epochs[1].read_bytes())
     package(store, "digits", handler={"watch_dir": str(watch)}, top={"minWorkers": 2, "maxWorkers": 2})
-    return start_server(store, ["digits"])
+    server = start_server(store, ["digits"])
+    # start_server returns at the first READY worker; the pids compared below must be both workers'.
+    deadline = time.monotonic() + 120
+    while not all(w["status"] == "READY" and int(w["pid"]) > 0 for w in workers(server)):
+        assert time.monotonic() < deadline, f"workers never all READY: {workers(server)}"
+        time.sleep(0.2)
+    return server
+
+
+def workers(server: TorchServeProcess) -> list[dict[str, Any]]:
+    status, _, body = http(f"{server.urls.management}/models/digits")
+    assert status == 200, body
+    return list(json.loads(body)[0]["workers"])
 
 
 def worker_pids(server: TorchServeProcess) -> list[int]:
-    status, _, body = http(f"{server.urls.management}/models/digits")
-    assert status == 200, body
-    return sorted(int(w["pid"]) for w in json.loads(body)[0]["workers"])
+    return sorted(int(w["pid"]) for w in workers(server))
 
 
 def test_hostile_bodies_on_every_route_are_typed_4xx_and_no_worker_restarts(
