@@ -89,6 +89,11 @@ def reload_status(server: TorchServeProcess, model: str) -> dict[str, Any]:
     return describe(server, model)["reload"]
 
 
+def rejected_with(server: TorchServeProcess, model: str, text: str) -> bool:
+    """Whether a recent rejection of ``model`` gives a reason containing ``text``."""
+    return any(text in r["reason"] for r in reload_status(server, model)["recent_rejections"])
+
+
 def accounted(status: dict[str, Any]) -> dict[str, str]:
     """name -> why it is not served (rejections and skips), once the watcher has decided."""
     out = {Path(r["path"]).name: r["reason"] for r in status["recent_rejections"]}
@@ -175,19 +180,12 @@ def test_bad_pins_are_reported_and_never_stop_the_server(
     (watch / "model_epoch_99.pth").symlink_to(foreign)
     renamed_into(watch / ".pin", lambda p: p.write_text("model_epoch_99.pth\n"))
     wait_for(
-        lambda: any(
-            "outside the watch dir" in r["reason"]
-            for r in reload_status(server, "pinned")["recent_rejections"]
-        ),
+        lambda: rejected_with(server, "pinned", "outside the watch dir"),
         "the pin to a link out of the watch dir reported",
     )
     # A pin naming no file.
     renamed_into(watch / ".pin", lambda p: p.write_text("model_epoch_77.pth\n"))
     wait_for(
-        lambda: any(
-            "'model_epoch_77.pth'" in r["reason"]
-            for r in reload_status(server, "pinned")["recent_rejections"]
-        ),
-        "the pin to a missing file reported",
+        lambda: rejected_with(server, "pinned", "'model_epoch_77.pth'"), "the pin to a missing file reported"
     )
     assert predict(server, "pinned", images)[0] == label  # never the outside file
