@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
 
+from serving.codecs import InputSpec, PostProcess
 from serving.server import METRICS_CONFIG
+from serving.service import InferenceService
 from serving.threads import WORKERS_ENV, usable_cpus
 from serving.torchserve import ServerSettings, TorchServeProcess, free_ports
 from serving.torchserve.package import package_model
@@ -125,7 +128,14 @@ def test_a_served_forward_under_load_costs_about_what_it_costs_in_process(
     image = trained.images[:1]
     body = json.dumps({"instances": image.tolist()}).encode()
     url = f"{server.urls.inference}/predictions/{MODEL}"
-    model = trained.models[1]
+    # In-process, the same stage the served histogram times (acquire the model, forward, check the output),
+    # on the same body: only the serving around it differs.
+    service = InferenceService(
+        lambda: nullcontext(trained.models[1]),
+        input_spec=InputSpec(shape=(1, 8, 8)),
+        postprocess=PostProcess(),
+        model_name=MODEL,
+    )
     # In-process: the threads one of the workers TorchServe started should have (not what it reports).
     threads = max(1, usable_cpus() // _ready_workers(server))
     previous = torch.get_num_threads()
@@ -145,10 +155,7 @@ def test_a_served_forward_under_load_costs_about_what_it_costs_in_process(
         # The in-process forwards run in the same seconds, on the same loaded cores, until the workers
         # have served as many (a starved server gets the deadline instead).
         while (len(local) < REQUESTS or served_batches < REQUESTS) and time.monotonic() < deadline:
-            began = time.perf_counter()
-            with torch.inference_mode():
-                model(image)
-            local.append(time.perf_counter() - began)
+            local.append(service.infer([(body, "application/json")])[1].inference)
             time.sleep(0.002)  # leave the cores to the clients most of the time, as a worker between batches
             if len(local) % 50 == 0:
                 served_batches = _inference_seconds(server.urls.metrics)[1] - start_count
@@ -161,5 +168,6 @@ def test_a_served_forward_under_load_costs_about_what_it_costs_in_process(
     assert count - start_count >= 20, "too few batches served to compare"
     served = (total - start_sum) / (count - start_count)
     in_process = sum(local) / len(local)
-    # Generous: the served stage also moves the batch to the model's device and checks its output.
-    assert served < 2 * in_process, f"served {served * 1e3:.3f} ms, in-process {in_process * 1e3:.3f} ms"
+    # Measured here (2 cores, 4 clients, the JVM and the workers on them): 1.7-2.1x when right, 4.9x with
+    # 2 threads per worker, 147x with 2 threads and spinning OpenMP threads; 3x tells them apart.
+    assert served < 3 * in_process, f"served {served * 1e3:.3f} ms, in-process {in_process * 1e3:.3f} ms"
