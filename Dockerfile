@@ -50,6 +50,7 @@ RUN pip install --no-cache-dir -c constraints.txt \
 COPY pyproject.toml README.md ./
 COPY serving ./serving
 COPY handlers ./handlers
+COPY model_store ./model_store
 # A regular (non-editable) install: the image must not depend on /src. EXTRAS=demo adds scikit-learn,
 # which the training Job example (k8s/examples/train-job.yaml) needs for its data set.
 RUN pip install --no-cache-dir -c constraints.txt \
@@ -58,7 +59,6 @@ RUN pip install --no-cache-dir -c constraints.txt \
 
 # The demo archive, built once here instead of at every container start. No --checkpoint: the config
 # watches /checkpoints, so the archive holds code, labels and config only.
-COPY model_store ./model_store
 COPY k8s/image/model-config.yaml ./k8s/image/model-config.yaml
 RUN mkdir -p /models /checkpoints \
     && ckptserve package digits \

@@ -259,8 +259,8 @@ def _median_row(samples: list[dict[str, float]]) -> dict[str, float]:
 
 def run(plan: Plan) -> dict[str, Any]:
     from benchmarks.grpc import run_load
-    from serving.server import Server
     from serving.torchserve import ServerSettings, free_port, free_ports
+    from serving.torchserve.server import Server
 
     results: dict[str, Any] = {"http": {}, "grpc": {}, "in_process": {}, "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="ckptserve-bench-compare-") as tmp:

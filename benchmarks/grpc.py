@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of gateway vs direct")
     args = parser.parse_args(argv)
 
-    from serving.grpc.process import GatewayProcess, GatewaySettings
     from serving.torchserve import free_port
+    from serving.torchserve.gateway.process import GatewayProcess, GatewaySettings
 
     with tempfile.TemporaryDirectory(prefix="ckptserve-bench-grpc-") as tmp:
         workdir = Path(tmp)

@@ -26,9 +26,9 @@ def start_demo_server(workdir: Path, **settings: Any) -> Any:
     sys.path.insert(0, str(DIGITS))
     from train import train
 
-    from serving.server import METRICS_CONFIG, Server
     from serving.torchserve import ServerSettings, free_ports
     from serving.torchserve.package import package_model
+    from serving.torchserve.server import METRICS_CONFIG, Server
 
     checkpoints, store = workdir / "checkpoints", workdir / "store"
     store.mkdir(parents=True, exist_ok=True)

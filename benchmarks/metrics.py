@@ -28,9 +28,9 @@ VARIANTS = ("on", "off")
 
 def start_without_metrics(reference: Any, workdir: Path) -> Any:
     """A second demo server like ``reference`` (same checkpoint, same config) with ``metrics: false``."""
-    from serving.server import Server
     from serving.torchserve import free_ports
     from serving.torchserve.package import package_model
+    from serving.torchserve.server import Server
 
     store = workdir / "store"
     store.mkdir(parents=True, exist_ok=True)

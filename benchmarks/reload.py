@@ -146,9 +146,9 @@ def _get(url: str) -> bytes:
 
 
 def run_size(workdir: Path, size: str, strategy: str, poll_s: float) -> dict[str, Any]:
-    from serving.server import Server
     from serving.torchserve import ServerSettings, free_ports
     from serving.torchserve.package import package_model
+    from serving.torchserve.server import Server
 
     width, layers = SIZES[size]
     root = workdir / f"{size}-{strategy}"

@@ -147,8 +147,8 @@ def _environment(changes: dict[str, str]) -> Iterator[None]:
 
 
 def _start(name: str, cfg: Config, workdir: Path, checkpoint: Path, state_dict: Path) -> Any:
-    from serving.server import METRICS_CONFIG, Server
     from serving.torchserve import ServerSettings, free_ports
+    from serving.torchserve.server import METRICS_CONFIG, Server
 
     store = workdir / name / "store"
     store.mkdir(parents=True)

@@ -28,7 +28,7 @@ def _load(model_dir: Path, batch_size: int) -> Any:
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
     from ts.model_loader import TsModelLoader
 
-    from serving.server import METRICS_CONFIG
+    from serving.torchserve.server import METRICS_CONFIG
 
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     sys.path.insert(0, str(model_dir))

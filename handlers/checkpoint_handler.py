@@ -28,6 +28,7 @@ from serving.reload.watcher import Rejection
 from serving.service import InferenceService
 from serving.spec import ModelSpec, missing_checkpoint_error, parse_spec
 from serving.threads import apply_threads, plan_threads
+from serving.wire import BATCH_HEADER, BATCH_REQUESTS_HEADER, CHECKPOINT_HEADER, LOAD_ERROR_MARKER
 
 log = logging.getLogger("ckptserve.handler")
 # The load-error line goes through the root logger: it stays plain text with json_logs too, because
@@ -35,12 +36,6 @@ log = logging.getLogger("ckptserve.handler")
 startup_log = logging.getLogger()
 # Metric lines for TorchServe's frontend: outside "ckptserve", so json_logs never reformats them.
 _metric_lines = logging.getLogger("ts.metrics.ckptserve")
-LOAD_ERROR_MARKER = "ckptserve-load-error:"
-CHECKPOINT_HEADER = "x-ckptserve-checkpoint"  # on every answer: which checkpoint produced it
-# Instances in this batch's forward pass, as the ckptserve_batch_size metric counts them; the requests
-# TorchServe grouped into the batch get their own header (one request may carry many instances).
-BATCH_HEADER = "x-ckptserve-batch-size"
-BATCH_REQUESTS_HEADER = "x-ckptserve-batch-requests"
 
 
 class CheckpointHandler:

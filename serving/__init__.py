@@ -7,8 +7,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# The public surface, imported on first use: `python -m serving.grpc` and the CLI's light commands
-# start without paying for torch.
+# The public surface, imported on first use: `python -m serving.torchserve.gateway` and the CLI's light
+# commands start without paying for torch.
 _EXPORTS = {
     "CheckpointInfo": "serving.loader",
     "checkpoint_info": "serving.loader",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CkptServeError(Exception):
     """Base of every error ckptserve raises on purpose.
@@ -76,6 +78,10 @@ class UnsafeCheckpointError(CheckpointError):
     """Loading would execute pickled code, and the user has not said they trust the file."""
 
 
+class CandidateRejected(CkptServeError):
+    """A checkpoint failed the validation gate; it is never served."""
+
+
 class ArchitectureError(CkptServeError):
     """The architecture cannot be imported or built."""
 
@@ -107,6 +113,12 @@ class PayloadTooLargeError(RequestError):
     """More instances in one request than the model allows."""
 
     http_status = 413
+
+
+class ModelFailedError(RequestError):
+    """The model raised on this request's input (for example a size its layers cannot take)."""
+
+    http_status = 422
 
 
 class ModelNotFoundError(RequestError):
@@ -155,3 +167,13 @@ class ServerError(CkptServeError):
     """TorchServe could not be started, stopped or reached."""
 
     grpc_code = "UNAVAILABLE"
+
+
+class ServerReplyError(CkptServeError):
+    """The server answered with an error status; ``status`` and ``body`` hold what it said."""
+
+    def __init__(self, status: int, body: Any, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.http_status = status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,11 +15,12 @@ from torch import nn
 
 from serving.architecture import ArchitectureLike, build, resolve_architecture
 from serving.checkpoints.keys import KeyAlignment, align_keys, check_dtype_kinds, fingerprint, shape_map
-from serving.checkpoints.layout import Layout, detect_layout, open_regular
+from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.memory import materialize, privatize
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
 from serving.devices import DeviceLike, resolve_device
 from serving.errors import ArchitectureError, ArchitectureMismatchError, ConfigError
+from serving.files import sha256_of, size_of
 
 log = logging.getLogger(__name__)
 
@@ -314,24 +314,3 @@ def make_info(
 
 def _result(future: Future[str] | None) -> str:
     return future.result() if future is not None else ""
-
-
-def sha256_of(path: str | Path, chunk: int = 4 << 20) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open_regular(file) as fh:  # a FIFO swapped in after the scan would block forever
-            while block := fh.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def size_of(path: str | Path) -> int:
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size

@@ -158,16 +158,12 @@ ALL: tuple[MetricDef, ...] = (
 
 RELOAD_RESULTS = ("success", "rejected")
 OTHER_REASON = "other"
-# The error types a request can end with: every class of serving.errors, plus the data plane's own
-# ModelFailedError (defined in serving.service, named here to keep this module free of torch). Anything
-# else becomes "other", so a stray exception class can never grow the label set.
+# The error types a request can end with: every class of serving.errors. Anything else becomes
+# "other", so a stray exception class can never grow the label set.
 REASONS: frozenset[str] = frozenset(
-    {
-        name
-        for name, obj in vars(errors).items()
-        if isinstance(obj, type) and issubclass(obj, errors.CkptServeError)
-    }
-    | {"ModelFailedError"}
+    name
+    for name, obj in vars(errors).items()
+    if isinstance(obj, type) and issubclass(obj, errors.CkptServeError)
 )
 
 

@@ -24,21 +24,14 @@ from serving.codecs import (
 )
 from serving.devices import placement
 from serving.diagnose import index_range_hint
-from serving.errors import CkptServeError, RequestError
+from serving.errors import CkptServeError, ModelFailedError
+from serving.wire import JSON_TYPE
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
 
 
 # One request's rows of the batch's output, and its (scores, indices) when top-k ranked the batch at once.
 Output = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]
-
-
-class ModelFailedError(RequestError):
-    """The model raised on this request's input (for example a size its layers cannot take)."""
-
-    http_status = 422
 
 
 @dataclass
@@ -46,7 +39,7 @@ class Reply:
     """One response: body bytes, content type and HTTP status, ready for any front end."""
 
     body: bytes
-    content_type: str = JSON
+    content_type: str = JSON_TYPE
     status: int = 200
     error: CkptServeError | None = None
 
@@ -206,4 +199,4 @@ class InferenceService:
         # The reply keeps its error; the error's traceback (and the one it was raised from) would keep
         # this batch's frames, and their megabyte bodies, in a reference cycle until the next full GC.
         exc.__traceback__ = exc.__context__ = exc.__cause__ = None
-        return Reply(encode_error(exc, protocol), JSON, exc.http_status, exc)
+        return Reply(encode_error(exc, protocol), JSON_TYPE, exc.http_status, exc)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import enum
 import json
 import os
-import stat
 import struct
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
 from serving.errors import (
-    CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     EmptyCheckpointError,
     NotACheckpointError,
 )
+from serving.files import open_regular
 
 # The first bytes of a pickle written by torch.save's legacy (pre-1.6, non-zip) format: protocol 2.
 _LEGACY_PICKLE_MAGIC = b"\x80\x02"
@@ -76,32 +75,6 @@ def detect_layout(path: str | Path) -> Layout:
         hint="Expected a torch.save file, safetensors, TorchScript, torch.export .pt2, "
         "or a DCP / sharded-safetensors directory.",
     )
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading if it is a regular file; a typed error otherwise.
-
-    A FIFO would block the reader until someone writes to it (``open`` itself waits for a writer),
-    a device never ends: neither is a checkpoint, and the check happens on the opened descriptor,
-    so a file swapped for a FIFO after a directory scan is refused too.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"No checkpoint at {str(path)!r}.") from None
-    except OSError as exc:
-        raise CheckpointError(
-            f"Cannot open {str(path)!r} ({type(exc).__name__}).",
-            hint="Check that the server's user may read it.",
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotACheckpointError(
-            f"{str(path)!r} is not a regular file (a FIFO, socket or device): it is never read.",
-            hint="Write checkpoints as regular files.",
-        )
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def _detect_zip(path: Path, fh: BinaryIO, size: int) -> Layout:

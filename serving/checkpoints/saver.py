@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from serving.checkpoints.keys import fingerprint, shape_map
+from serving.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -97,45 +97,6 @@ def save_checkpoint(
     if keep_last is not None:
         prune_checkpoints(target.parent, keep_last)
     return target
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through a hidden temp file in the same directory, fsync, then rename into place.
-
-    Readers see either the old file or the complete new one, never a partial write; the temp name
-    starts with a dot and ends in ``.tmp`` so watchers skip it.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:

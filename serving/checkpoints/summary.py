@@ -11,6 +11,7 @@ import torch
 
 from serving.checkpoints.keys import fingerprint, shape_map, strip_wrappers
 from serving.checkpoints.reader import read_checkpoint
+from serving.files import sha256_of, size_of
 
 
 def summarize(
@@ -22,8 +23,6 @@ def summarize(
     with_sha256: bool = True,
 ) -> dict[str, Any]:
     """Layout, tensor and parameter counts, bytes, dtypes, saved devices, metadata and fingerprint."""
-    from serving.loader import sha256_of, size_of  # the loader imports this package; import late
-
     contents = read_checkpoint(
         path, state_dict_key=state_dict_key, trust_pickle=trust_pickle, safe_globals=safe_globals
     )

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from serving.client.access import resolve_token, ssl_context
 from serving.client.common import (
-    JSON_TYPE,
     InferResult,
     Tensors,
     encode_instances,
@@ -22,6 +20,8 @@ from serving.client.common import (
 )
 from serving.client.http import raise_for_status
 from serving.errors import DeadlineExceededError, ServerError
+from serving.retry import Backoff
+from serving.wire import JSON_TYPE
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -51,7 +51,7 @@ class AsyncHttpClient:
     ) -> None:
         self._host, self._port = host_and_port(base_url)
         self.token = resolve_token(token, key_file)
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s, self.backoff = timeout_s, Backoff(retries, backoff_s)
         tls = base_url.startswith("https:") or tls_ca is not None
         self._ssl = ssl_context(tls_ca) if tls else None
         self._idle: list[_Connection] = []
@@ -84,15 +84,14 @@ class AsyncHttpClient:
     async def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> tuple[int, bytes]:
-        deadline = time.monotonic() + self.timeout_s
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries or time.monotonic() + delay > deadline
+        attempts = self.backoff.attempts(self.timeout_s)  # one deadline covers every try
+        while True:
             try:
                 status, data = await asyncio.wait_for(
-                    self._exchange(method, path, body, content_type), max(deadline - time.monotonic(), 0.001)
+                    self._exchange(method, path, body, content_type), max(attempts.remaining(), 0.001)
                 )
-                if status != 503 or last:
+                delay = attempts.next_delay() if status == 503 else None
+                if delay is None:
                     return status, data
             except asyncio.TimeoutError:
                 raise DeadlineExceededError(
@@ -100,14 +99,13 @@ class AsyncHttpClient:
                     hint="Allow more time.",
                 ) from None
             except (OSError, _ProtocolError, asyncio.IncompleteReadError) as exc:
-                if last:
+                delay = attempts.next_delay()
+                if delay is None:
                     raise ServerError(
-                        f"No answer from {self._host}:{self._port} after {attempt + 1} tries: {exc}.",
+                        f"No answer from {self._host}:{self._port} after {attempts.tries} tries: {exc}.",
                         hint="Is the server running? `ckptserve serve` starts it.",
                     ) from None
             await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
 
     async def _exchange(
         self, method: str, path: str, body: bytes | None, content_type: str | None

@@ -1,4 +1,4 @@
-"""What every client shares: request bodies, answers, OIP results and the retry schedule."""
+"""What every client shares: request bodies, answers and OIP results."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from serving.error_codes import MODEL_NOT_FOUND_HINT, TORCHSERVE_NOT_FOUND, error_from_body, error_from_http
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError
-from serving.grpc.status import MODEL_NOT_FOUND_HINT, TORCHSERVE_NOT_FOUND, error_from_body, error_from_http
 from serving.grpc.tensors import bf16_bits, datatype_of
+from serving.wire import JSON_TYPE, NPY_MAGIC, NPY_TYPE
 
-NPY_MAGIC = b"\x93NUMPY"
-JSON_TYPE = "application/json"
-NPY_TYPE = "application/x-npy"
 # numpy dtypes of OIP datatypes in JSON "data" (BF16 has none: it is sent as float32 numbers).
 _JSON_NUMPY = {
     "BOOL": np.bool_,
@@ -214,25 +212,6 @@ class InferResult:
             outputs,
             datatypes,
         )
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Retries on UNAVAILABLE / 503 only: exponential delays, never past the call's deadline."""
-
-    retries: int = 3
-    first_s: float = 0.2
-
-    def delays(self) -> Iterator[float]:
-        delay = self.first_s
-        for _ in range(self.retries):
-            yield delay
-            delay *= 2
-
-
-def retryable(err: CkptServeError) -> bool:
-    """Only "not now" is worth another try; a bad request stays bad."""
-    return err.grpc_code == "UNAVAILABLE" or getattr(err, "http_status", None) == 503
 
 
 def host_and_port(base_url: str) -> tuple[str, int]:

@@ -14,7 +14,6 @@ import grpc
 
 from serving.client.access import grpc_credentials, resolve_token
 from serving.client.common import (
-    Backoff,
     InferResult,
     Tensors,
     decode_answer,
@@ -22,18 +21,18 @@ from serving.client.common import (
     named_arrays,
     predictions,
     raw_input,
-    retryable,
 )
-from serving.errors import CkptServeError, DeadlineExceededError, UnsupportedModelError
-from serving.grpc.status import (
+from serving.error_codes import (
     error_from_rpc,
     error_from_status,
 )
+from serving.errors import CkptServeError, DeadlineExceededError, UnsupportedModelError
 from serving.grpc.tensors import fill, to_numpy
-from serving.grpc.upstream import CHANNEL_OPTIONS
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.protos import inference_pb2, inference_pb2_grpc
+from serving.retry import Backoff, retryable
+from serving.wire import CHANNEL_OPTIONS
 
 DEFAULT_OIP_PORT = 8001
 
@@ -149,18 +148,17 @@ class GrpcClient(_Base):
         return self._channels[target]
 
     def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:
-        deadline = time.monotonic() + self.timeout_s
-        delays = self.backoff.delays()
+        attempts = self.backoff.attempts(self.timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = attempts.remaining()
             if remaining <= 0:
                 raise self._deadline_error(target)
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, target)
-            delay = next(delays, None)
-            if not retryable(err) or delay is None or time.monotonic() + delay >= deadline:
+            delay = attempts.next_delay() if retryable(err) else None
+            if delay is None:
                 raise err
             time.sleep(delay)
 
@@ -277,18 +275,17 @@ class AsyncGrpcClient(_Base):
         return self._channels[target]
 
     async def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:
-        deadline = time.monotonic() + self.timeout_s
-        delays = self.backoff.delays()
+        attempts = self.backoff.attempts(self.timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = attempts.remaining()
             if remaining <= 0:
                 raise self._deadline_error(target)
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, target)
-            delay = next(delays, None)
-            if not retryable(err) or delay is None or time.monotonic() + delay >= deadline:
+            delay = attempts.next_delay() if retryable(err) else None
+            if delay is None:
                 raise err
             await asyncio.sleep(delay)
 

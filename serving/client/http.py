@@ -11,7 +11,6 @@ from typing import Any
 
 from serving.client.access import resolve_token, ssl_context
 from serving.client.common import (
-    JSON_TYPE,
     InferResult,
     Tensors,
     decode_answer,
@@ -22,18 +21,15 @@ from serving.client.common import (
     parse_error_body,
     predictions,
 )
-from serving.errors import AuthenticationError, CkptServeError, DeadlineExceededError, ServerError
-from serving.grpc.status import error_from_http
-
-
-class ServerReplyError(CkptServeError):
-    """The server answered with an error status; ``status`` and ``body`` hold what it said."""
-
-    def __init__(self, status: int, body: Any, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-        self.http_status = status
+from serving.error_codes import error_from_http
+from serving.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    ServerError,
+    ServerReplyError,
+)
+from serving.retry import Backoff
+from serving.wire import JSON_TYPE
 
 
 class HttpClient:
@@ -52,7 +48,7 @@ class HttpClient:
     ) -> None:
         self._host, self._port = host_and_port(base_url)
         self.token = resolve_token(token, key_file)
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s, self.backoff = timeout_s, Backoff(retries, backoff_s)
         # https:// (or a CA) verifies the server: against ``tls_ca``, or the system's roots.
         tls = base_url.startswith("https:") or tls_ca is not None
         self._ssl = ssl_context(tls_ca) if tls else None
@@ -95,16 +91,16 @@ class HttpClient:
         headers = {"Content-Type": content_type} if content_type else {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        delay = self.backoff_s
-        deadline = time.monotonic() + self.timeout_s  # covers every try
-        for attempt in range(self.retries + 1):
+        attempts = self.backoff.attempts(self.timeout_s)  # one deadline covers every try
+        while True:
             try:
                 conn = self._connection()
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 self.last_headers = {k.lower(): v for k, v in response.getheaders()}
-                if response.status != 503 or attempt == self.retries or time.monotonic() + delay > deadline:
+                delay = attempts.next_delay() if response.status == 503 else None
+                if delay is None:
                     return response.status, data
             except TimeoutError:
                 self.close()
@@ -114,14 +110,13 @@ class HttpClient:
                 ) from None
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
-                if attempt == self.retries or time.monotonic() + delay > deadline:
+                delay = attempts.next_delay()
+                if delay is None:
                     raise ServerError(
-                        f"No answer from {self._host}:{self._port} after {attempt + 1} tries: {exc}.",
+                        f"No answer from {self._host}:{self._port} after {attempts.tries} tries: {exc}.",
                         hint="Is the server running? `ckptserve serve` starts it.",
                     ) from None
             time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

@@ -7,10 +7,12 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.errors import ModelStatefulError, UnsupportedModelError
-from serving.grpc.upstream import TorchServeUpstream
+
+if TYPE_CHECKING:  # the gateway hands its upstream in; the protocol side never imports the runtime
+    from serving.torchserve.gateway.upstream import TorchServeUpstream
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,12 @@ from serving.checkpoints.memory import release_pages
 from serving.checkpoints.reader import CheckpointContents
 from serving.devices import placement
 from serving.diagnose import input_dtype_hint
-from serving.errors import CkptServeError
+from serving.errors import CandidateRejected, CkptServeError
 from serving.loader import INFO_ATTRIBUTE, CheckpointInfo, checkpoint_info
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["shadow", "inplace"]
-
-
-class CandidateRejected(CkptServeError):
-    """A checkpoint failed the validation gate; it is never served."""
 
 
 def sample_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,8 @@ from serving.checkpoints.keys import shape_map
 from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import read_checkpoint
 from serving.errors import CkptServeError
-from serving.loader import checkpoint_info, make_info, sha256_of
+from serving.files import sha256_of
+from serving.loader import checkpoint_info, make_info
 from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner, resolves_inside
 from serving.reload.policy import Ranking, rank_with_reasons
 from serving.reload.slot import ModelSlot

@@ -411,6 +411,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``port`` on ``host`` cannot be listened on now (another listener, no such address), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port in TIME_WAIT is fine (Netty sets it too); only a listener is a clash.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 PORT_FIELDS = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
 
 

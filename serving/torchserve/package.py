@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from serving.errors import ConfigError
 from serving.torchserve.archive import ArchiveFormat, build_archive
 from serving.torchserve.precheck import check_package, warn_if_no_watch_dir
 
-HANDLER_FILE = Path(__file__).resolve().parents[2] / "handlers" / "checkpoint_handler.py"
+HANDLER_MODULE = "handlers.checkpoint_handler"
 
 # TorchServe keys the archive's model-config.yaml gets when the user's yaml leaves them out: the
 # fastest configuration measured (docs/performance.md). No minWorkers: TorchServe then starts one
@@ -22,13 +23,17 @@ MODEL_DEFAULTS: dict[str, Any] = {"batchSize": 8, "maxBatchDelay": 1}
 
 
 def handler_path() -> Path:
-    """The handler module that every archive carries (installed with the package)."""
-    try:
-        import handlers.checkpoint_handler as module
+    """The handler module that every archive carries (installed with the package).
 
-        return Path(module.__file__ or HANDLER_FILE)
-    except ImportError:
-        return HANDLER_FILE
+    Found, not imported: importing it would pull in torch and TorchServe's ``ts`` for a file name.
+    """
+    spec = importlib.util.find_spec(HANDLER_MODULE)
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"Cannot find ckptserve's handler module {HANDLER_MODULE}.",
+            hint="Reinstall ckptserve (pip install ckptserve): its wheel ships the handlers package.",
+        )
+    return Path(spec.origin)
 
 
 def read_model_config(path: str | Path | None) -> dict[str, Any]:

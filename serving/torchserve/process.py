@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import ServerError
+from serving.files import atomic_write, tail
 from serving.threads import WORKERS_ENV, worker_env
 from serving.torchserve.config import ServerSettings, archive_entries, model_names, render_properties
 from serving.torchserve.procgroup import (
@@ -196,7 +197,7 @@ class TorchServeProcess:
             tls_cert=str(self.settings.tls_cert) if self.settings.tls_cert else None,
         )
         try:
-            _write_atomic(self.state_path, state.to_json())
+            atomic_write(self.state_path, lambda fh: fh.write(state.to_json().encode()))
         except OSError:
             self.stop()  # nobody could find it to stop it later
             raise
@@ -373,17 +374,8 @@ def _describe_failure(failure: LoadFailure) -> str:
     return f"{who} failed to load: {failure.message}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _tail(path: Path, lines: int) -> str:
-    try:
-        content = path.read_text(errors="replace").splitlines()
-    except OSError:
+    last = tail(path, lines)
+    if last is None:
         return "(no output captured)"
-    # Java stack frames would push the one line that says what went wrong out of view.
-    content = [line for line in content if not line.lstrip().startswith("at ")]
-    return "\n".join(content[-lines:]) or "(no output)"
+    return "\n".join(last) or "(no output)"

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from serving.errors import ServerError
-from serving.torchserve.config import ServerSettings
+from serving.torchserve.config import ServerSettings, bind_error
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +108,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def check_ports_free(settings: ServerSettings) -> None:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     for name, port in settings.ports.items():
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            # SO_REUSEADDR: a port in TIME_WAIT is fine (Netty sets it too); only a listener is a clash.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((settings.host, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ServerError(
-                        f"The {name} port {port} on {settings.host} is already in use.",
-                        hint="Stop whatever listens there (another TorchServe?) or choose other ports.",
-                    ) from None
-                raise ServerError(f"Cannot bind {settings.host}:{port} ({name}): {exc}.") from None
+        exc = bind_error(settings.host, port)
+        if exc is not None and exc.errno == errno.EADDRINUSE:
+            raise ServerError(
+                f"The {name} port {port} on {settings.host} is already in use.",
+                hint="Stop whatever listens there (another TorchServe?) or choose other ports.",
+            )
+        if exc is not None:
+            raise ServerError(f"Cannot bind {settings.host}:{port} ({name}): {exc}.")
 
 
 def find_java() -> Path:

@@ -90,7 +90,7 @@ class ServerStatus:
     running: bool
     started_at: float
     urls: dict[str, str]
-    oip_grpc: str | None = None  # the OIP v2 gateway's endpoint, when one runs (serving.server fills it)
+    oip_grpc: str | None = None  # the OIP v2 gateway's endpoint, when one runs (server.py fills it)
     oip_grpc_exited: str | None = None  # the endpoint of a gateway that was started and has exited
     models: list[ModelStatus] = field(default_factory=list)
 

@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The line our handler logs when its initialize() fails (handlers/checkpoint_handler.py).
-LOAD_ERROR_MARKER = "ckptserve-load-error:"
+from serving.wire import LOAD_ERROR_MARKER
 
 # TorchServe's log4j pattern "%d{ISO8601} [%-5p] %t %c - %m%n"; worker threads are "W-9000-name_1.0-stdout".
 _LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<thread>\S+) (?P<logger>\S+) - (?P<msg>.*)$")

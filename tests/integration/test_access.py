@@ -23,8 +23,8 @@ from serving.errors import AuthenticationError, ServerError
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.protos import inference_pb2, inference_pb2_grpc
-from serving.server import Server
 from serving.torchserve import ServerSettings, free_port, free_ports
+from serving.torchserve.server import Server
 from tests.certificates import Pki, make_pki
 from tests.integration.conftest import Trained, package
 

@@ -30,7 +30,7 @@ def test_a_killed_gateway_of_a_background_server_shows_in_status_and_fails_readi
     wait_for("serve to return", lambda: serve.proc.poll() is not None)
     assert serve.proc.returncode == 0, serve.output()
     runtime = ("--runtime-dir", str(serve.runtime_dir))
-    gateway = [p for p in serve.processes() if "serving.grpc" in " ".join(p.cmdline())]
+    gateway = [p for p in serve.processes() if "serving.torchserve.gateway" in " ".join(p.cmdline())]
     assert len(gateway) == 1, [p.cmdline()[:4] for p in serve.processes()]
     assert ckptserve("status", *runtime, "--ready", "--quiet").returncode == 0
     # a second serve on the same runtime directory (and so the same gateway port) names the live server

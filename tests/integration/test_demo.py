@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.client.grpc import GrpcClient
-from serving.server import stop_server
+from serving.torchserve.server import stop_server
 from tests.assets.cli import ckptserve
 
 

@@ -21,13 +21,12 @@ import pytest
 import torch
 
 from serving.client import AsyncGrpcClient, AsyncHttpClient, GrpcClient, HttpClient
-from serving.errors import RequestError, ServerError
-from serving.grpc import ModelNotFoundError, UnsupportedModelError
-from serving.grpc.process import GatewayProcess, GatewaySettings
+from serving.errors import ModelNotFoundError, RequestError, ServerError, UnsupportedModelError
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.protos import inference_pb2, inference_pb2_grpc
 from serving.torchserve import TorchServeProcess, free_port
+from serving.torchserve.gateway.process import GatewayProcess, GatewaySettings
 from tests.integration.conftest import DIGITS, Trained, package
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import save_checkpoint
-from serving.cli import build_parser
+from serving.app.cli import build_parser
 from serving.metrics import ALL, READY_TICK_S
-from serving.server import METRICS_CONFIG, settings_from_args
 from serving.torchserve import TorchServeProcess, free_port
+from serving.torchserve.server import METRICS_CONFIG, settings_from_args
 from tests.integration.conftest import DigitsCNN, Trained, http, package
 from tests.unit.test_monitoring import dashboard_queries, names_in, rule_queries
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.server import stop_server
 from serving.torchserve import free_port, free_ports
+from serving.torchserve.server import stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- readme-flow -->", "<!-- /readme-flow -->"

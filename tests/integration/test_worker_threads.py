@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from serving.codecs import InputSpec, PostProcess
-from serving.server import METRICS_CONFIG
 from serving.service import InferenceService
 from serving.threads import WORKERS_ENV, usable_cpus
 from serving.torchserve import ServerSettings, TorchServeProcess, free_ports
 from serving.torchserve.package import package_model
+from serving.torchserve.server import METRICS_CONFIG
 from tests.integration.conftest import DIGITS, Trained, describe, http
 from tests.integration.test_metrics import Scrape
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
+from serving.app.cli import main
 from serving.client.access import TOKEN_ENV, resolve_token
 from serving.errors import ConfigError, RequestError
 from serving.tls import certificate_name, loopback_context

@@ -22,9 +22,9 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 from serving import checkpoint_info, load_model, save_checkpoint
+from serving.app.cli import main
 from serving.checkpoints.layout import detect_layout
 from serving.checkpoints.summary import summarize
-from serving.cli import main
 from serving.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -32,7 +32,7 @@ from serving.errors import (
     CorruptCheckpointError,
     NotACheckpointError,
 )
-from serving.loader import sha256_of
+from serving.files import sha256_of
 from serving.reload import ModelSlot, Reloader, sample_input
 from serving.reload.slot import check_forward, check_weights_finite
 from serving.spec import parse_spec

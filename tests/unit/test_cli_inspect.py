@@ -10,7 +10,7 @@ from unittest import mock
 
 import torch
 
-from serving.cli import main
+from serving.app.cli import main
 from tests.conftest import Reference
 
 

@@ -10,13 +10,11 @@ import pytest
 import torch
 
 from serving.client.common import (
-    Backoff,
     InferResult,
     decode_answer,
     encode_instances,
     json_inputs,
     named_arrays,
-    retryable,
 )
 from serving.client.grpc import infer_request, infer_result
 from serving.errors import (
@@ -27,6 +25,7 @@ from serving.errors import (
     ServerError,
 )
 from serving.protos import grpc_predict_v2_pb2 as pb
+from serving.retry import Backoff, retryable
 
 
 def test_arrays_and_tensors_travel_as_npy_rows_as_json() -> None:

@@ -7,6 +7,12 @@ import json
 import grpc
 import pytest
 
+from serving.error_codes import (
+    details,
+    error_from_body,
+    error_from_status,
+    status_code,
+)
 from serving.errors import (
     AuthenticationError,
     CkptServeError,
@@ -17,12 +23,6 @@ from serving.errors import (
     RequestError,
     ServerError,
     UnsupportedMediaTypeError,
-)
-from serving.grpc.status import (
-    details,
-    error_from_body,
-    error_from_status,
-    status_code,
 )
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from serving import load_model, save_checkpoint
+from serving.app.cli import main
 from serving.checkpoints.summary import summarize
-from serving.cli import main
 from serving.errors import (
     ArchitectureMismatchError,
     CheckpointError,

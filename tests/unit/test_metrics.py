@@ -25,8 +25,8 @@ from handlers.checkpoint_handler import _torchserve_emit
 from serving import checkpoint_info, errors, load_model, metrics, save_checkpoint
 from serving.loader import CheckpointInfo
 from serving.metrics import ALL, HandlerMetrics, MetricDef
-from serving.server import METRICS_CONFIG
 from serving.service import BatchReport, ModelFailedError
+from serving.torchserve.server import METRICS_CONFIG
 
 Sent = list[tuple[str, float, tuple[str, ...]]]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serving.server import METRICS_CONFIG
+from serving.torchserve.server import METRICS_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "k8s" / "monitoring"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
+from serving.app.cli import main
 from tests.assets.cli import ckptserve
 
 ROOT = Path(__file__).resolve().parents[2]

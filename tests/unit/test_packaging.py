@@ -14,6 +14,11 @@ RUNTIME_FILES = {
     "serving/torchserve/log4j2.xml",  # the quiet logging config
     "serving/torchserve/metrics.yaml",  # declares the handler's metrics to TorchServe
     "serving/protos/grpc_predict_v2.proto",
+    # the demo model, which `ckptserve demo` trains and serves from the installed package
+    "model_store/digits/model.py",
+    "model_store/digits/train.py",
+    "model_store/digits/model-config.yaml",
+    "model_store/digits/index_to_name.json",
 }
 
 

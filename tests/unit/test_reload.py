@@ -218,7 +218,7 @@ def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp
 
 
 def test_ckptserve_pin_writes_the_pin_atomically(reference: Reference, tmp_path: Path) -> None:
-    from serving.cli import main
+    from serving.app.cli import main
 
     save_checkpoint(tmp_path, reference.model, epoch=1)
     assert main(["pin", str(tmp_path), "model_epoch_1.pth"]) == 0

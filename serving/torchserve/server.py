@@ -12,14 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serving.errors import ServerError
-from serving.grpc.process import GatewayProcess, GatewaySettings, check_port_free, gateway_from_state
-from serving.grpc.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_state
+from serving.torchserve.gateway.process import (
+    GatewayProcess,
+    GatewaySettings,
+    check_port_free,
+    gateway_from_state,
+)
+from serving.torchserve.gateway.process import stop_from_state as stop_gateway_from_state
 from serving.torchserve.status import ModelStatus, ServerStatus, describe_model, server_status
 
 log = logging.getLogger(__name__)
 
-METRICS_CONFIG = Path(__file__).resolve().parent / "torchserve" / "metrics.yaml"
+METRICS_CONFIG = Path(__file__).resolve().parent / "metrics.yaml"
 # `ckptserve stop` leaves this in the runtime directory before it stops anything, so that a
 # foreground server that sees its processes go knows the stop was asked for.
 STOP_MARKER = "stop-requested"

@@ -10,20 +10,13 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
+from serving.error_codes import error_from_body, error_from_rpc
 from serving.errors import CkptServeError
-from serving.grpc.status import error_from_body, error_from_rpc
 from serving.protos import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 from serving.tls import certificate_name
+from serving.wire import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
-
-# TorchServe's own limit (max_request_size / max_response_size) is 6.5 MB by default; gRPC's
-# default receive limit (4 MiB) would otherwise be the tighter one and fail with RESOURCE_EXHAUSTED.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 class TokenFile:

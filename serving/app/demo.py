@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +12,10 @@ from pathlib import Path
 import torch
 
 from serving.client.http import HttpClient
-from serving.server import METRICS_CONFIG, Server
 from serving.torchserve import ServerSettings, free_port, free_ports
 from serving.torchserve.package import package_model
-
-MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "digits"
-CHECKPOINT_HEADER = "x-ckptserve-checkpoint"
+from serving.torchserve.server import METRICS_CONFIG, Server
+from serving.wire import CHECKPOINT_HEADER, JSON_TYPE
 
 
 def _say(text: str) -> None:
@@ -26,8 +23,11 @@ def _say(text: str) -> None:
 
 
 def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clients: int = 16) -> int:
-    sys.path.insert(0, str(MODEL_DIR))
-    from train import accuracy, load_digits_split, train  # the demo's own training script
+    # The demo's own training script, installed with ckptserve (the wheel ships model_store/digits).
+    from model_store.digits import train as trainer
+    from model_store.digits.train import accuracy, load_digits_split, train
+
+    model_dir = Path(trainer.__file__).parent
 
     workdir = workdir.resolve()
     checkpoints, store = workdir / "checkpoints", workdir / "model_store"
@@ -44,10 +44,10 @@ def run_demo(workdir: Path, *, epochs: int = 5, keep_running: bool = False, clie
     archive = package_model(
         "digits",
         model_store=store,
-        model_file=MODEL_DIR / "model.py",
-        config=MODEL_DIR / "model-config.yaml",
+        model_file=model_dir / "model.py",
+        config=model_dir / "model-config.yaml",
         watch_dir=checkpoints,
-        extra_files=[MODEL_DIR / "index_to_name.json"],
+        extra_files=[model_dir / "index_to_name.json"],
         handler_overrides={"checkpoint": None, "poll_interval_s": 0.5},
     )
     _say(f"   {archive}")
@@ -132,7 +132,7 @@ def _evaluate(url: str, test: tuple[torch.Tensor, torch.Tensor], clients: int) -
                     "POST",
                     "/predictions/digits",
                     json.dumps({"instances": images[i : i + 1].tolist()}).encode(),
-                    "application/json",
+                    JSON_TYPE,
                 )
                 top = json.loads(body)["predictions"][0][0]["index"]
                 correct += int(top == int(labels[i]))
@@ -155,9 +155,7 @@ def _served_epochs(url: str) -> str:
     seen = set()
     with HttpClient(url) as client:
         for _ in range(8):
-            client.request(
-                "POST", "/predictions/digits", b'{"instances": [' + _ZEROS + b"]}", "application/json"
-            )
+            client.request("POST", "/predictions/digits", b'{"instances": [' + _ZEROS + b"]}", JSON_TYPE)
             seen.add(client.last_headers.get(CHECKPOINT_HEADER, "?").split("@")[0])
     return ",".join(sorted(seen))
 

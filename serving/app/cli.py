@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from serving.errors import CkptServeError, RequestError
+from serving.wire import JSON_TYPE, NPY_MAGIC, NPY_TYPE
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -87,7 +88,7 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.server import Server, StopRequested, settings_from_args
+    from serving.torchserve.server import Server, StopRequested, settings_from_args
 
     settings = settings_from_args(args)
     if (warning := settings.auth_warning()) is not None:
@@ -112,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from serving.server import stop_server
+    from serving.torchserve.server import stop_server
 
     stopped = stop_server(args.runtime_dir)
     print("stopped" if stopped else f"no server was running from {args.runtime_dir}")
@@ -126,7 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
     if (args.json is None) == (args.file is None):
         raise RequestError("Give the request body with exactly one of --json or --file.")
     body = args.json.encode() if args.json is not None else Path(args.file).read_bytes()
-    content_type = "application/x-npy" if body.startswith(b"\x93NUMPY") else "application/json"
+    content_type = NPY_TYPE if body.startswith(NPY_MAGIC) else JSON_TYPE
     if args.grpc:
         return _predict_grpc(args, body, content_type)
     with HttpClient(_target(args, "inference"), tls_ca=args.tls_ca, **_credentials(args)) as client:
@@ -158,7 +159,7 @@ def _target(args: argparse.Namespace, endpoint: str) -> str:
 
 def _predict_grpc(args: argparse.Namespace, body: bytes, content_type: str) -> int:
     from serving.client.grpc import GrpcClient
-    from serving.grpc.status import error_from_body
+    from serving.error_codes import error_from_body
 
     with GrpcClient(_target(args, "grpc_inference"), tls_ca=args.tls_ca, **_credentials(args)) as client:
         data = client.request(args.name, body)  # TorchServe's Predictions: the handler's bytes, as over HTTP
@@ -179,8 +180,8 @@ def _credentials(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from serving.grpc.process import LOG_FILE
-    from serving.server import status
+    from serving.torchserve.gateway.process import LOG_FILE
+    from serving.torchserve.server import status
 
     found = status(args.runtime_dir)
     if args.quiet:
@@ -219,13 +220,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from serving.demo import run_demo
+    from serving.app.demo import run_demo
 
     return run_demo(workdir=Path(args.workdir), epochs=args.epochs, keep_running=args.keep_running)
 
 
 def _pin(args: argparse.Namespace) -> int:
-    from serving.checkpoints import atomic_write
+    from serving.files import atomic_write
     from serving.reload.candidates import PIN_FILE
 
     watch = Path(args.watch_dir)

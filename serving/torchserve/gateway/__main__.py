@@ -1,4 +1,4 @@
-"""``python -m serving.grpc``: run the OIP v2 gRPC gateway in front of a TorchServe until SIGTERM."""
+"""``python -m serving.torchserve.gateway``: the OIP v2 gRPC gateway in front of TorchServe, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 
 from serving.errors import CkptServeError, ConfigError
-from serving.grpc.oip_gateway import start_gateway
-from serving.grpc.upstream import TokenFile, TorchServeUpstream
+from serving.torchserve.gateway.oip_gateway import start_gateway
+from serving.torchserve.gateway.upstream import TokenFile, TorchServeUpstream
 
 log = logging.getLogger("ckptserve.grpc")
 
@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.grpc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serving.torchserve.gateway", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8001", help="HOST:PORT of the OIP v2 gRPC API")
     parser.add_argument("--inference", default="127.0.0.1:7070", help="TorchServe's gRPC inference API")
     parser.add_argument("--management", default="127.0.0.1:7071", help="TorchServe's gRPC management API")

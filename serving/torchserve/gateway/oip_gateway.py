@@ -12,17 +12,17 @@ from typing import Any
 import grpc
 import numpy as np
 
+from serving.error_codes import details, status_code
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError, ServerError
 from serving.grpc.signature import Signature, Signatures
-from serving.grpc.status import details, status_code
 from serving.grpc.tensors import datatype_of, fill, has_typed_contents, to_numpy
-from serving.grpc.upstream import CHANNEL_OPTIONS, TokenFile, TorchServeUpstream
 from serving.protos import grpc_predict_v2_pb2 as pb
 from serving.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.torchserve.gateway.upstream import TokenFile, TorchServeUpstream
+from serving.wire import CHANNEL_OPTIONS, NPY_MAGIC
 
 log = logging.getLogger(__name__)
 
-NPY_MAGIC = b"\x93NUMPY"
 DEFAULT_TIMEOUT_S = 60.0  # for callers that set no deadline: TorchServe's responseTimeout is 120 s
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +16,15 @@ import grpc
 import psutil
 
 from serving.errors import ServerError
-from serving.grpc.upstream import loopback_tls
+from serving.files import tail
+from serving.torchserve.config import bind_error
+from serving.torchserve.gateway.upstream import loopback_tls
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "oip-grpc.json"  # beside TorchServe's server.json in the runtime directory
 LOG_FILE = "oip-grpc.log"
+MODULE = "serving.torchserve.gateway"  # run with `python -m`; also how its process is recognised
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class GatewaySettings:
 
 
 class GatewayProcess:
-    """``python -m serving.grpc`` in its own session, so that it outlives a detached CLI like TorchServe."""
+    """The gateway in its own session, so that it outlives a detached CLI like TorchServe."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -73,7 +74,7 @@ class GatewayProcess:
         cmd = [
             sys.executable,
             "-m",
-            "serving.grpc",
+            MODULE,
             "--listen",
             s.endpoint,
             "--inference",
@@ -117,7 +118,7 @@ class GatewayProcess:
                 if self._proc.poll() is not None:
                     raise ServerError(
                         f"The OIP gRPC gateway exited with code {self._proc.returncode} before it listened: "
-                        f"{_tail(self.log_path)}",
+                        f"{_last_lines(self.log_path)}",
                         hint=f"Its log is {self.log_path}.",
                     )
                 try:
@@ -159,7 +160,7 @@ def stop_from_state(runtime_dir: Path, timeout_s: float = 10.0) -> bool:
     path.unlink(missing_ok=True)
     try:
         proc = psutil.Process(pid)
-        if "serving.grpc" not in " ".join(proc.cmdline()):
+        if MODULE not in " ".join(proc.cmdline()):
             return False  # the pid was reused by something else: leave it alone
         proc.send_signal(signal.SIGTERM)
         try:
@@ -180,25 +181,20 @@ def gateway_from_state(runtime_dir: Path) -> tuple[str, bool] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     try:
-        return endpoint, "serving.grpc" in " ".join(psutil.Process(pid).cmdline())
+        return endpoint, MODULE in " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:  # gone (killed, crashed) or not ours to read
         return endpoint, False
 
 
 def check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ServerError(
-                f"The OIP gRPC port {port} on {host} is not free: {exc.strerror}.",
-                hint="Choose another with --oip-grpc-port, or turn the gateway off with --no-oip-grpc.",
-            ) from None
+    exc = bind_error(host, port)
+    if exc is not None:
+        raise ServerError(
+            f"The OIP gRPC port {port} on {host} is not free: {exc.strerror}.",
+            hint="Choose another with --oip-grpc-port, or turn the gateway off with --no-oip-grpc.",
+        )
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    with contextlib.suppress(OSError):
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    return "(no output)"
+def _last_lines(path: Path) -> str:
+    lines = tail(path, 5)
+    return " | ".join(lines) if lines is not None else "(no output)"
