@@ -7,10 +7,9 @@ import json
 import logging
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from serving.wire import LOAD_ERROR_MARKER  # the worker-log line ckptserve looks for, as the real handler
 
-# The marker line ckptserve's process module looks for in the worker log; the real handler logs the same.
-LOAD_ERROR_MARKER = "ckptserve-load-error:"
+logger = logging.getLogger(__name__)
 
 
 class EchoHandler:
