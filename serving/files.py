@@ -39,7 +39,7 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Write through a hidden temp file in the same directory, fsync, then rename into place.
 
     Readers see either the old file or the complete new one, never a partial write; the temp name

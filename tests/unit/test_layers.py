@@ -47,8 +47,8 @@ def parse_imports(source: str, module: str, package: str) -> list[Import]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _type_checking_only(node):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             found.extend(Import(module, alias.name, node.lineno) for alias in node.names)
