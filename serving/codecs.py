@@ -20,7 +20,6 @@ from serving.errors import (
     RequestError,
     UnsupportedMediaTypeError,
 )
-from serving.wire import JSON_TYPE, NPY_MAGIC, NPY_TYPE
 
 
 class Protocol(str, enum.Enum):
@@ -54,6 +53,9 @@ class DecodedRequest:
     outputs: tuple[str, ...] | None = None  # OIP v2 output names the client asked for; None = all
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Content type -> what the body may be: JSON types hold JSON (or npy, told by its magic), npy holds
 # npy; the generic ones (none sent, octet-stream, a multipart part without its own type) either.
@@ -383,7 +385,7 @@ def _decode(body: Any, media: str, spec: InputSpec) -> DecodedRequest:
         kind = _media_kind(media)
         _check_size(len(body), spec)  # str: characters, a lower bound of its bytes
         # npy magic is never JSON: such a body is read as npy whatever JSON type it came with
-        is_npy = (body[:6] if isinstance(body, (bytes, bytearray)) else b"") == NPY_MAGIC
+        is_npy = (body[:6] if isinstance(body, (bytes, bytearray)) else b"") == _NPY_MAGIC
         if kind == "npy" and not is_npy:
             raise RequestError(
                 "the body is not an npy file: it does not start with the npy magic b'\\x93NUMPY'",

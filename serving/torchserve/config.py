@@ -404,13 +404,6 @@ def render_properties(settings: ServerSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host`` (for tests; another process may still take it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def bind_error(host: str, port: int) -> OSError | None:
     """Why ``port`` on ``host`` cannot be listened on now (another listener, no such address), or None."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -421,6 +414,13 @@ def bind_error(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host`` (for tests; another process may still take it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 PORT_FIELDS = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")

@@ -11,14 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_FILES = {
     "handlers/checkpoint_handler.py",  # copied into every archive
-    "serving/torchserve/log4j2.xml",  # the quiet logging config
-    "serving/torchserve/metrics.yaml",  # declares the handler's metrics to TorchServe
-    "serving/protos/grpc_predict_v2.proto",
     # the demo model, which `ckptserve demo` trains and serves from the installed package
     "model_store/digits/model.py",
     "model_store/digits/train.py",
     "model_store/digits/model-config.yaml",
     "model_store/digits/index_to_name.json",
+    "serving/torchserve/log4j2.xml",  # the quiet logging config
+    "serving/torchserve/metrics.yaml",  # declares the handler's metrics to TorchServe
+    "serving/protos/grpc_predict_v2.proto",
 }
 
 
