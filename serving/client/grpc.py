@@ -24,12 +24,12 @@ from serving.client.common import (
     raw_input,
     retryable,
 )
+from serving.codecs.oip_grpc import fill, to_numpy
 from serving.errors import CkptServeError, DeadlineExceededError, UnsupportedModelError
 from serving.grpc.status import (
     error_from_rpc,
     error_from_status,
 )
-from serving.grpc.tensors import fill, to_numpy
 from serving.grpc.upstream import CHANNEL_OPTIONS
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
