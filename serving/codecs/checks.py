@@ -54,9 +54,10 @@ def nested_shape(x: Any) -> tuple[int, ...] | None:
     if not isinstance(x, list):
         return ()
     shapes = {nested_shape(item) for item in x}
-    if len(shapes) > 1 or None in shapes:
+    if len(shapes) > 1:
         return None
-    return (len(x), *(shapes.pop() if shapes else ()))
+    inner = shapes.pop() if shapes else ()
+    return None if inner is None else (len(x), *inner)
 
 
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
