@@ -50,6 +50,17 @@ def postprocess(
     return named
 
 
+def rank_batch(outputs: torch.Tensor, post: PostProcess) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A whole batch's top-k (scores, indices), for ``postprocess``'s ``ranked``; None unless top-k applies.
+
+    One softmax and top-k for the batch, not one per request (a fixed cost per call).
+    """
+    if post.kind != "topk" or outputs.ndim != 2 or not outputs.is_floating_point():
+        return None
+    scores, indices = outputs.softmax(dim=-1).topk(min(post.k, outputs.shape[-1]), dim=-1)
+    return scores, indices
+
+
 def ranking_rows(outputs: NamedOutputs) -> list[list[dict[str, Any]]] | None:
     """A top-k ranking as rows of {"index", "label", "score"}, as row formats answer it; None otherwise."""
     if TOPK_INDICES not in outputs:

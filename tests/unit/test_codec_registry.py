@@ -29,7 +29,7 @@ from serving.codecs.kserve_v1 import KServeV1Codec
 from serving.codecs.npy import NpyCodec
 from serving.codecs.oip_grpc import bf16_bits, fill, has_typed_contents, to_numpy
 from serving.codecs.oip_v2 import OipV2Codec
-from serving.codecs.postprocess import TOPK_INDICES, TOPK_LABELS, TOPK_SCORES, postprocess, single
+from serving.codecs.postprocess import TOPK_INDICES, TOPK_LABELS, TOPK_SCORES, postprocess, rank_batch, single
 from serving.codecs.torch_dtypes import OIP_OF_TORCH, TORCH_DTYPES
 from serving.errors import CkptServeError, RequestError, UnsupportedMediaTypeError
 from serving.protos import grpc_predict_v2_pb2 as pb
@@ -146,6 +146,19 @@ def test_topk_takes_a_ranking_the_caller_computed_for_the_whole_batch() -> None:
     ranked = (torch.tensor([[0.9]]), torch.tensor([[7]]))
     named = postprocess(torch.zeros(1, 9), 1, PostProcess("topk", k=1), ranked)
     assert named[TOPK_INDICES] is ranked[1] and named[TOPK_SCORES] is ranked[0]
+
+
+def test_a_batch_ranked_at_once_gives_each_request_its_own_top_k() -> None:
+    post = PostProcess("topk", k=2)
+    batch = torch.tensor([[1.0, 3.0, 2.0], [5.0, 4.0, 0.0], [0.0, 0.0, 9.0]])
+    ranked = rank_batch(batch, post)
+    assert ranked is not None
+    for rows in (slice(0, 1), slice(1, 3)):  # two requests of one and two instances
+        own = postprocess(batch[rows], len(batch[rows]), post)
+        shared = postprocess(batch[rows], len(batch[rows]), post, (ranked[0][rows], ranked[1][rows]))
+        assert {k: v.tolist() for k, v in shared.items()} == {k: v.tolist() for k, v in own.items()}
+    assert rank_batch(batch, PostProcess("softmax")) is None
+    assert rank_batch(torch.zeros(3, 2, 2), post) is None
 
 
 def test_every_codec_encodes_the_named_outputs() -> None:
