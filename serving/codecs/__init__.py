@@ -5,6 +5,9 @@ table), ``base`` (the ``Codec`` protocol), one module per codec, ``postprocess``
 ``registry`` (the ordered codecs, and the decode/encode entry points), ``oip_grpc`` (OIP protobuf
 tensors). Names are imported on first use: the gateway and the clients read the datatype table and
 the protobuf tensors without paying for torch.
+
+A new format is one module with a class that satisfies ``base.Codec``, and one line in
+``registry.CODECS`` (its place in the order decides which codec claims a request first).
 """
 
 from __future__ import annotations
