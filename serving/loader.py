@@ -18,6 +18,7 @@ from serving.checkpoints.keys import KeyAlignment, align_keys, check_dtype_kinds
 from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.memory import materialize, privatize
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
+from serving.codecs.torch_dtypes import TORCH_DTYPES, torch_name
 from serving.devices import DeviceLike, resolve_device
 from serving.errors import ArchitectureError, ArchitectureMismatchError, ConfigError
 from serving.files import sha256_of, size_of
@@ -25,12 +26,8 @@ from serving.files import sha256_of, size_of
 log = logging.getLogger(__name__)
 
 INFO_ATTRIBUTE = "ckptserve_info"
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+# The dtypes weights may be cast to (floating ones only: integer buffers keep theirs).
+_DTYPES = {name: TORCH_DTYPES[name] for name in ("float32", "float16", "bfloat16", "float64")}
 
 
 @dataclass(frozen=True)
@@ -302,7 +299,7 @@ def make_info(
         size_bytes=size_of(contents.path),
         fingerprint=fingerprint(shape_map(model.state_dict())),
         device=str(target),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=torch_name(dtype),
         load_seconds=round(seconds, 4),
         epoch=meta.get("epoch") if isinstance(meta.get("epoch"), int) else None,
         loss=float(loss) if isinstance(loss, (int, float)) else None,

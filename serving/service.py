@@ -17,11 +17,11 @@ from serving.codecs import (
     DecodedRequest,
     InputSpec,
     PostProcess,
-    Protocol,
     decode_request,
     encode_error,
     encode_response,
 )
+from serving.codecs.postprocess import rank_batch
 from serving.devices import placement
 from serving.diagnose import index_range_hint
 from serving.errors import CkptServeError, ModelFailedError
@@ -171,11 +171,7 @@ class InferenceService:
         if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0]:
             raise RuntimeError(f"the model returned {type(out).__name__} without one row per instance")
         out = out.detach().float().cpu() if out.is_floating_point() else out.detach().cpu()
-        post = self.postprocess
-        ranked = None
-        if post.kind == "topk" and out.ndim == 2 and out.is_floating_point():
-            # One softmax and top-k for the batch, not one per request (a fixed cost per call).
-            ranked = out.softmax(dim=-1).topk(min(post.k, out.shape[-1]), dim=-1)
+        ranked = rank_batch(out, self.postprocess)
         if len(members) == 1:
             return {members[0]: (out, (ranked[0], ranked[1]) if ranked is not None else None)}
         sizes = [decoded[i].instances.shape[0] for i in members]
@@ -192,7 +188,7 @@ class InferenceService:
             or f"Check the input against the model's expected shape {self.input_spec.shape}.",
         )
 
-    def _error_reply(self, exc: Exception, protocol: Protocol | None) -> Reply:
+    def _error_reply(self, exc: Exception, protocol: str | None) -> Reply:
         if not isinstance(exc, CkptServeError):
             log.error("unexpected error while serving a request", exc_info=exc)
             exc = CkptServeError(f"Internal error: {type(exc).__name__}.", hint="See the server log.")

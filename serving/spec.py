@@ -9,20 +9,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from serving.codecs import InputSpec, PostProcess, load_labels
+from serving.codecs.torch_dtypes import TORCH_DTYPES
 from serving.errors import CheckpointNotFoundError, ConfigError
 
+# The input dtypes a config may name; the codecs cast every request to one of them.
 _INPUT_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+    name: TORCH_DTYPES[name]
+    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
 }
 
 

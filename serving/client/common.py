@@ -12,27 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from serving.codecs.datatypes import datatype_of, json_dtype
+from serving.codecs.oip_grpc import bf16_bits
 from serving.error_codes import MODEL_NOT_FOUND_HINT, TORCHSERVE_NOT_FOUND, error_from_body, error_from_http
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError
-from serving.grpc.tensors import bf16_bits, datatype_of
 from serving.wire import JSON_TYPE, NPY_MAGIC, NPY_TYPE
-
-# numpy dtypes of OIP datatypes in JSON "data" (BF16 has none: it is sent as float32 numbers).
-_JSON_NUMPY = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "BF16": np.float32,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
 
 Tensors = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
@@ -113,7 +97,7 @@ def named_arrays(tensors: Tensors) -> list[tuple[str, np.ndarray]]:
     pairs = []
     for spec in tensors:
         try:
-            dtype = _JSON_NUMPY.get(spec["datatype"])
+            dtype = json_dtype(spec["datatype"])
             array = np.asarray(spec["data"], dtype=dtype).reshape(spec["shape"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(
@@ -200,7 +184,7 @@ class InferResult:
             if datatype == "BYTES":
                 array = np.array([str(v).encode() for v in out["data"]], dtype=object)
             else:
-                array = np.asarray(out["data"], dtype=_JSON_NUMPY.get(datatype))
+                array = np.asarray(out["data"], dtype=json_dtype(datatype))
             outputs[out["name"]] = (
                 array.reshape(out["shape"]) if math.prod(out["shape"]) == array.size else array
             )

@@ -22,12 +22,12 @@ from serving.client.common import (
     predictions,
     raw_input,
 )
+from serving.codecs.oip_grpc import fill, to_numpy
 from serving.error_codes import (
     error_from_rpc,
     error_from_status,
 )
 from serving.errors import CkptServeError, DeadlineExceededError, UnsupportedModelError
-from serving.grpc.tensors import fill, to_numpy
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.protos import inference_pb2, inference_pb2_grpc

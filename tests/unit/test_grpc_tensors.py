@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serving.codecs.datatypes import datatype_of
+from serving.codecs.oip_grpc import bf16_bits, fill, pack_bytes, to_numpy, unpack_bytes
 from serving.errors import RequestError
-from serving.grpc.tensors import bf16_bits, datatype_of, fill, pack_bytes, to_numpy, unpack_bytes
 from serving.protos import grpc_predict_v2_pb2 as pb
 
 Tensor = pb.ModelInferRequest.InferInputTensor

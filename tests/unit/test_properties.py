@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from serving.checkpoints.layout import Layout, detect_layout
 from serving.codecs import InputSpec, decode_request, max_body_bytes
+from serving.codecs.datatypes import DATATYPES
+from serving.codecs.oip_grpc import to_numpy
 from serving.errors import CheckpointError, RequestError
-from serving.grpc.tensors import DATATYPES, to_numpy
 from serving.protos import grpc_predict_v2_pb2 as pb
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -139,8 +140,8 @@ def test_a_body_beyond_the_byte_bound_is_never_parsed(monkeypatch: pytest.Monkey
     def never(*_: Any, **__: Any) -> Any:
         raise AssertionError("the decoder ran on an oversized body")
 
-    monkeypatch.setattr("serving.codecs.json.loads", never)
-    monkeypatch.setattr("serving.codecs.np.load", never)
+    monkeypatch.setattr("serving.codecs.jsontext.json.loads", never)
+    monkeypatch.setattr("serving.codecs.npy.np.load", never)
     for body in (b"[" + b"0," * limit + b"0]", b"\x93NUMPY" + b"\x00" * limit):
         with pytest.raises(RequestError) as info:
             decode_request(body, None, spec)
@@ -158,7 +159,7 @@ def test_the_byte_bound_admits_max_instances_of_wordy_json() -> None:
 
 @pytest.mark.parametrize("media", ["image/png", "application/xml", "text/html", "multipart/mixed"])
 def test_a_foreign_media_type_is_refused_before_parsing(media: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("serving.codecs.json.loads", lambda *_: pytest.fail("parsed"))
+    monkeypatch.setattr("serving.codecs.jsontext.json.loads", lambda *_: pytest.fail("parsed"))
     with pytest.raises(RequestError) as info:
         decode_request(b'{"instances": [[[[0]]]]}', media, SPECS[0])
     assert info.value.http_status == 415 and "application/json" in info.value.message

@@ -12,10 +12,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from serving.codecs.datatypes import datatype_of
+from serving.codecs.oip_grpc import fill, has_typed_contents, to_numpy
 from serving.error_codes import details, status_code
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError, ServerError
-from serving.grpc.signature import Signature, Signatures
-from serving.grpc.tensors import datatype_of, fill, has_typed_contents, to_numpy
+from serving.torchserve.gateway.signature import Signature, Signatures
 from serving.protos import grpc_predict_v2_pb2 as pb
 from serving.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.torchserve.gateway.upstream import TokenFile, TorchServeUpstream

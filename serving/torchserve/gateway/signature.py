@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from serving.codecs.datatypes import oip_of_torch_name
 from serving.errors import ModelStatefulError, UnsupportedModelError
 
 if TYPE_CHECKING:  # the gateway hands its upstream in; the protocol side never imports the runtime
@@ -16,19 +17,6 @@ if TYPE_CHECKING:  # the gateway hands its upstream in; the protocol side never 
 
 log = logging.getLogger(__name__)
 
-# The handler's describe() names torch dtypes; OIP names them its own way.
-_OIP_OF_TORCH = {
-    "float32": "FP32",
-    "float16": "FP16",
-    "bfloat16": "BF16",
-    "float64": "FP64",
-    "int64": "INT64",
-    "int32": "INT32",
-    "int16": "INT16",
-    "int8": "INT8",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
 PROBE_ID = "ckptserve-signature-probe"
 
 
@@ -96,7 +84,7 @@ class Signatures:
                 hint="package it with `ckptserve package`",
             )
         spec = custom["input"]
-        datatype = _OIP_OF_TORCH.get(str(spec.get("dtype", "float32")), "FP32")
+        datatype = oip_of_torch_name(str(spec.get("dtype", "float32"))) or "FP32"
         shape = tuple(int(d) for d in spec.get("shape", ()))
         inputs = TensorSpec(str(spec.get("name") or "input__0"), datatype, (-1, *shape))
         version = version or str(plain.get("modelVersion") or "")

@@ -9,63 +9,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from serving.codecs.datatypes import DATATYPES, TYPES, datatype_of
 from serving.errors import RequestError
 from serving.protos import grpc_predict_v2_pb2 as pb
 
-# Raw contents are little-endian whatever the machine (OIP spec), hence explicit byte orders.
-_NUMPY: dict[str, np.dtype] = {
-    name: np.dtype(code)
-    for name, code in {
-        "BOOL": "?",
-        "UINT8": "u1",
-        "UINT16": "<u2",
-        "UINT32": "<u4",
-        "UINT64": "<u8",
-        "INT8": "i1",
-        "INT16": "<i2",
-        "INT32": "<i4",
-        "INT64": "<i8",
-        "FP16": "<f2",
-        "FP32": "<f4",
-        "FP64": "<f8",
-        "BF16": "<u2",  # numpy has no bfloat16: the bits travel as uint16, widened to float32 on decode
-    }.items()
-}
-_OF_KIND = {(dt.kind, dt.itemsize): name for name, dt in _NUMPY.items() if name != "BF16"}
-# Which InferTensorContents field carries each datatype; FP16 and BF16 travel only as raw bytes.
-_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-DATATYPES = (*_NUMPY, "BYTES")
 _MAX_ELEMENTS = 2**40  # far beyond any request a server accepts, far below numpy's 2**63 bytes
 
 Tensor = TypeVar("Tensor", pb.ModelInferRequest.InferInputTensor, pb.ModelInferResponse.InferOutputTensor)
 
 
-def datatype_of(dtype: np.dtype) -> str:
-    """The OIP datatype name of a numpy dtype (strings and bytes are BYTES)."""
-    if dtype.kind in "SUO":
-        return "BYTES"
-    name = _OF_KIND.get((dtype.kind, dtype.itemsize))
-    if name is None:
-        raise RequestError(f"numpy dtype {dtype} has no Open Inference Protocol datatype", hint="cast it")
-    return name
-
-
 def has_typed_contents(datatype: str) -> bool:
     """Whether a datatype can travel in InferTensorContents (FP16 and BF16 only as raw bytes)."""
-    return datatype in _FIELD
+    return datatype in TYPES and TYPES[datatype].field is not None
 
 
 def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | None) -> np.ndarray:
@@ -106,7 +61,7 @@ def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | N
                 )
             array = np.array(items, dtype=object)
         else:
-            dtype = _NUMPY[datatype]
+            dtype = TYPES[datatype].wire
             if len(raw) != count * dtype.itemsize:
                 raise RequestError(
                     f"tensor {name!r} has {len(raw)} raw bytes; shape {list(shape)} of {datatype} needs "
@@ -115,7 +70,7 @@ def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | N
                 )
             array = np.frombuffer(raw, dtype=dtype)
     else:
-        field = _FIELD.get(datatype)
+        field = TYPES[datatype].field
         if field is None:
             raise RequestError(
                 f"tensor {name!r} is {datatype}, which has no typed contents field",
@@ -131,7 +86,7 @@ def to_numpy(tensor: pb.ModelInferRequest.InferInputTensor | Any, raw: bytes | N
         if datatype == "BYTES":
             array = np.array(list(values), dtype=object)
         else:
-            dtype = _NUMPY[datatype]
+            dtype = TYPES[datatype].wire
             if datatype in ("INT8", "INT16", "UINT8", "UINT16"):  # carried in a wider proto field
                 wide = np.array(values, dtype=np.int64)
                 info = np.iinfo(dtype)
@@ -160,10 +115,11 @@ def fill(tensor: Tensor, name: str, array: np.ndarray, *, raw: bool) -> bytes | 
         tensor.contents.bytes_contents.extend(items)
         return None
     if raw:
-        return np.ascontiguousarray(array, dtype=_NUMPY[datatype]).tobytes()
-    if datatype not in _FIELD:
+        return np.ascontiguousarray(array, dtype=TYPES[datatype].wire).tobytes()
+    field = TYPES[datatype].field
+    if field is None:
         raise RequestError(f"tensor {name!r} is FP16, which travels only as raw contents", hint="use raw")
-    getattr(tensor.contents, _FIELD[datatype]).extend(array.reshape(-1).tolist())
+    getattr(tensor.contents, field).extend(array.reshape(-1).tolist())
     return None
 
 
