@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.types import Storage
 
 from serving.checkpoints.layouts.base import CheckpointContents, Layout, ReadOptions, ShapeMap, corrupt_error
 from serving.checkpoints.pickle_size import check_pickle_size
@@ -44,7 +45,7 @@ class PickledLayout(Layout):
         check_pickle_size(path, self.pickle_bytes(path))
         allowed = [_import_global(name) for name in safe_globals]
 
-        def to_cpu(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+        def to_cpu(storage: Storage, location: str) -> Storage:
             # Every storage lands on the CPU whatever device wrote it (seed 9.6); note where it came from.
             saved_on.add(location)
             return storage

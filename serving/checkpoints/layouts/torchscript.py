@@ -22,7 +22,7 @@ class TorchScript(TorchArchive):
 
     def read(self, path: Path, options: ReadOptions) -> CheckpointContents:
         try:
-            module = torch.jit.load(str(path), map_location=options.map_location)
+            module = torch.jit.load(str(path), map_location=options.map_location)  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError) as exc:
             raise corrupt_error(path, exc) from None
         return CheckpointContents(path, self, "torchscript", module=module)
