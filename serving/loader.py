@@ -15,7 +15,8 @@ from torch import nn
 
 from serving.architecture import ArchitectureLike, build, resolve_architecture
 from serving.checkpoints.keys import KeyAlignment, align_keys, check_dtype_kinds, fingerprint, shape_map
-from serving.checkpoints.layout import Layout, detect_layout
+from serving.checkpoints.layout import detect_layout, layout_named
+from serving.checkpoints.layouts.pickled import PICKLED_MODULE
 from serving.checkpoints.memory import materialize, privatize
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
 from serving.codecs.torch_dtypes import TORCH_DTYPES, torch_name
@@ -48,6 +49,12 @@ class CheckpointInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
+
+    @property
+    def carries_code(self) -> bool:
+        """Whether the file brought the model's code: a self-describing layout, or a trusted pickled model."""
+        layout = layout_named(self.layout)
+        return self.kind == PICKLED_MODULE or (layout is not None and layout.self_describing)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -133,7 +140,7 @@ def load_model(
             model, alignment = _from_state_dict(
                 contents, factory, architecture_kwargs, skeleton, target, cast, strict
             )
-        if contents.layout is not Layout.EXPORTED_PROGRAM:  # export fixed its mode; it refuses .eval()
+        if not contents.layout.keeps_mode:
             model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
@@ -157,7 +164,7 @@ def refuse_own_code(path: Path, architecture: Any) -> None:
     layout = detect_layout(path)
     if layout.self_describing:
         raise ArchitectureMismatchError(
-            f"{str(path)!r} is a {layout.value} archive: it carries its own code, and this model is "
+            f"{str(path)!r} is a {layout.name} archive: it carries its own code, and this model is "
             f"served from the architecture {_arch_name(architecture)}, whose code alone runs.",
             hint="Save the architecture's weights (serving.save_checkpoint, model.state_dict(), "
             "safetensors or DCP); to serve self-describing files, configure the model without "
@@ -210,7 +217,7 @@ def _from_state_dict(
     own = {k: v.dtype for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
     check_dtype_kinds(repr(str(contents.path)), renamed, own)
     dtypes = {k: _target_dtype(v, cast) for k, v in own.items()}
-    weights = materialize(renamed, dtypes, target, release_source=contents.layout is Layout.TORCH_SAVE)
+    weights = materialize(renamed, dtypes, target, release_source=contents.layout.maps_file)
     # Build on the meta device and adopt the tensors (no init, no copy) when every key is there;
     # otherwise a real build supplies the values the checkpoint lacks.
     if isinstance(skeleton, nn.Module) and not isinstance(factory, nn.Module) and alignment.exact:
@@ -266,9 +273,9 @@ def _self_described(
 ) -> nn.Module:
     model = contents.module
     assert model is not None
-    if contents.kind == "pickled_module":
+    if contents.kind == PICKLED_MODULE:
         privatize(model)  # its tensors came memory-mapped from a file that training may overwrite
-    if target.type != "cpu" and contents.layout is not Layout.TORCHSCRIPT:  # TorchScript was mapped on load
+    if target.type != "cpu" and not contents.layout.places_module:
         model = model.to(target)
     if cast is not None:
         model = model.to(cast)
@@ -293,7 +300,7 @@ def make_info(
     loss = meta.get("loss")
     return CheckpointInfo(
         path=str(contents.path),
-        layout=contents.layout.value,
+        layout=contents.layout.name,
         kind=contents.kind,
         sha256=sha256,
         size_bytes=size_of(contents.path),

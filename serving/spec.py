@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +26,11 @@ class ReloadSpec:
 
     watch_dir: Path | None = None
     poll_interval_s: float = 2.0
-    policy: Literal["latest", "highest_epoch", "best", "pinned"] = "latest"
+    policy: str = "latest"  # a name in serving.reload.policy.POLICIES
     metric: str = "loss"  # for policy "best": a metadata entry (loss, metrics.<name>, ...)
     mode: Literal["min", "max"] = "min"
     pinned: str | None = None  # for policy "pinned": a file name inside watch_dir
-    strategy: Literal["shadow", "inplace"] = "shadow"
+    strategy: str = "shadow"  # a name in serving.reload.strategy.STRATEGIES
     follow_symlinks: bool = False  # serve watched files that resolve outside watch_dir
 
 
@@ -182,28 +182,34 @@ def _reload(cfg: Mapping[str, Any], where: str, base: Path) -> ReloadSpec:
     interval = cfg.get("poll_interval_s", 2.0)
     if not isinstance(interval, (int, float)) or not math.isfinite(interval) or interval <= 0:
         raise ConfigError(f"{where}poll_interval_s must be a positive number of seconds, got {interval!r}.")
+    # The registries' modules import this one (for ReloadSpec): look them up when a spec is parsed.
+    from serving.reload.policy import POLICIES
+    from serving.reload.strategy import STRATEGIES
+
+    defaults = ReloadSpec()
     choices = {
-        "policy": ("latest", "highest_epoch", "best", "pinned"),
-        "mode": ("min", "max"),
-        "reload_strategy": ("shadow", "inplace"),
+        "policy": (tuple(POLICIES), defaults.policy),
+        "mode": (("min", "max"), defaults.mode),
+        "reload_strategy": (tuple(STRATEGIES), defaults.strategy),
     }
     picked = {}
-    for key, allowed in choices.items():
-        value = cfg.get(key, allowed[0])
+    for key, (allowed, default) in choices.items():
+        value = cfg.get(key, default)
         if value not in allowed:
             raise ConfigError(f"{where}{key} must be one of {list(allowed)}, got {value!r}.")
         picked[key] = value
-    pinned = _opt_str(cfg, "pinned", where)
-    if picked["policy"] == "pinned" and not pinned:
-        raise ConfigError(f"{where}policy is 'pinned' but pinned (a file name in watch_dir) is not set.")
-    return ReloadSpec(
-        watch_dir=_opt_path(cfg, "watch_dir", where, base),
-        poll_interval_s=float(interval),
+    chosen = ReloadSpec(
         policy=picked["policy"],
         metric=str(cfg.get("metric", "loss")),
         mode=picked["mode"],
-        pinned=pinned,
+        pinned=_opt_str(cfg, "pinned", where),
         strategy=picked["reload_strategy"],
+    )
+    POLICIES[chosen.policy].check(chosen, where)  # the settings the policy cannot rank without
+    return replace(
+        chosen,
+        watch_dir=_opt_path(cfg, "watch_dir", where, base),
+        poll_interval_s=float(interval),
         follow_symlinks=_bool(cfg, "follow_symlinks", where, False),
     )
 

@@ -12,8 +12,8 @@ import pickletools
 import zipfile
 from pathlib import Path
 
-from serving.checkpoints.layout import Layout, open_regular
 from serving.errors import CorruptCheckpointError
+from serving.files import open_regular
 
 MAX_PICKLE_BYTES = 32 << 20  # ~100k tensors' worth of state-dict pickle; real ones are kilobytes to a few MB
 # A legacy (pre-1.6) file is five pickles in a row (magic, version, system info, the object, the
@@ -21,10 +21,9 @@ MAX_PICKLE_BYTES = 32 << 20  # ~100k tensors' worth of state-dict pickle; real o
 _LEGACY_PICKLES = 5
 
 
-def check_pickle_size(path: Path, layout: Layout) -> None:
-    """Raise ``CorruptCheckpointError`` when the pickle of ``path`` is larger than ``MAX_PICKLE_BYTES``."""
+def check_pickle_size(path: Path, size: int) -> None:
+    """Raise ``CorruptCheckpointError`` when ``size`` (bytes of pickle in ``path``) passes the cap."""
     limit = MAX_PICKLE_BYTES
-    size = _zip_pickle_size(path) if layout is Layout.TORCH_SAVE else _legacy_pickle_size(path, limit)
     if size > limit:
         raise CorruptCheckpointError(
             f"{str(path)!r} holds a pickle of more than {limit >> 20} MiB beside its tensors; a "
@@ -33,18 +32,20 @@ def check_pickle_size(path: Path, layout: Layout) -> None:
         )
 
 
-def _zip_pickle_size(path: Path) -> int:
+def zip_pickle_size(path: Path) -> int:
+    """The inflated size of a torch.save zip's data.pkl, from its directory."""
     with open_regular(path) as fh, zipfile.ZipFile(fh) as archive:
         return sum(e.file_size for e in archive.infolist() if e.filename.endswith("/data.pkl"))
 
 
-def _legacy_pickle_size(path: Path, limit: int) -> int:
-    # Walk the opcodes without building anything; stop as soon as the limit is passed.
+def legacy_pickle_size(path: Path) -> int:
+    """How far a legacy file's pickles reach, walked opcode by opcode; stops past ``MAX_PICKLE_BYTES``."""
+    # Nothing is built; stop as soon as the limit is passed.
     with open_regular(path) as fh:
         try:
             for _ in range(_LEGACY_PICKLES):
                 for _op in pickletools.genops(fh):
-                    if fh.tell() > limit:
+                    if fh.tell() > MAX_PICKLE_BYTES:
                         return fh.tell()
         except (ValueError, EOFError):  # damaged: torch's reader says so, with its own typed error
             pass

@@ -32,7 +32,7 @@ def summarize(
     saved_devices = metadata.pop("saved_devices", [])
     return {
         "path": str(Path(path).resolve()),
-        "layout": contents.layout.value,
+        "layout": contents.layout.name,
         "kind": contents.kind,
         "state_dict_key": contents.source_key,
         "size_bytes": size_of(path),

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
-import os
 import re
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.checkpoints.layout import Layout, detect_layout, index_files, open_regular
-from serving.checkpoints.reader import read_metadata
+from serving.checkpoints.layout import detect_layout, directory_layout, is_complete
 from serving.checkpoints.saver import METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -134,7 +130,7 @@ class Scanner:
         if entry.is_file():
             part, ctime_ns = _file_signature(entry, entry.name)
             return Signature((part,)), ctime_ns > part[2]
-        if entry.is_dir() and ((entry / ".metadata").is_file() or index_files(entry)):
+        if entry.is_dir() and directory_layout(entry) is not None:
             parts = tuple(
                 _file_signature(p, str(p.relative_to(entry)))[0]
                 for p in sorted(entry.rglob("*"))
@@ -144,46 +140,23 @@ class Scanner:
         return None, False
 
     def _finished(self, entry: Path, signature: Signature) -> bool:
-        # A file whose own structure says it is whole: a zip (torch.save) ends with its central
-        # directory, a safetensors header accounts for every byte. Checked once per signature.
+        # A file whose own structure says it is whole (its layout decides). Checked once per signature.
         key = (entry.name, signature)
         if key not in self._complete:
-            self._complete[key] = entry.is_file() and is_whole_file(entry)
+            self._complete[key] = entry.is_file() and is_complete(entry)
         return self._complete[key]
 
     def _describe(self, entry: Path, signature: Signature) -> tuple[int | None, dict[str, Any]]:
         key = (entry.name, signature)
         if key not in self._metadata:
             metadata: dict[str, Any] = {}
-            try:
-                if detect_layout(entry) in (Layout.TORCH_SAVE, Layout.SAFETENSORS):
-                    metadata = read_metadata(entry)
-            except Exception:  # metadata is optional; the validation gate gives the real reason
-                pass
+            with contextlib.suppress(Exception):  # optional; the validation gate gives the real reason
+                metadata = detect_layout(entry).metadata(entry)
             epoch = metadata.get("epoch")
             if not isinstance(epoch, int) or isinstance(epoch, bool):
                 epoch = number_in_name(entry.name)
             self._metadata[key] = (epoch, metadata)
         return self._metadata[key]
-
-
-def is_whole_file(path: Path) -> bool:
-    """True when a zip or safetensors file is structurally complete (a partial write is not)."""
-    try:
-        with open_regular(path) as fh:
-            head = fh.read(8)
-            size = os.fstat(fh.fileno()).st_size
-            if head.startswith(b"PK\x03\x04"):
-                with zipfile.ZipFile(fh) as archive:
-                    return bool(archive.namelist())
-            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            if 0 < header_len < min(size, 100 << 20):
-                header = json.loads(fh.read(header_len))
-                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-                return 8 + header_len + max(ends, default=0) == size
-    except Exception:  # any surprise (deep JSON nesting, a FIFO) means "not whole"
-        return False
-    return False
 
 
 def resolves_inside(entry: Path, root: Path) -> bool:

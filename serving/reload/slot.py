@@ -7,13 +7,11 @@ import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal
 
 import torch
 from torch import nn
 
 from serving.checkpoints.keys import align_keys, check_dtype_kinds, shape_map
-from serving.checkpoints.layout import Layout
 from serving.checkpoints.memory import release_pages
 from serving.checkpoints.reader import CheckpointContents
 from serving.devices import placement
@@ -22,8 +20,6 @@ from serving.errors import CandidateRejected, CkptServeError
 from serving.loader import INFO_ATTRIBUTE, CheckpointInfo, checkpoint_info
 
 log = logging.getLogger(__name__)
-
-Strategy = Literal["shadow", "inplace"]
 
 
 def sample_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -72,9 +68,6 @@ def check_forward(
     return tuple(out.shape)
 
 
-_OWN_CODE = ("torchscript", "exported_program", "pickled_module")  # kinds whose file brings the code
-
-
 def check_same_model(live: nn.Module, candidate: nn.Module) -> None:
     """The candidate is the live model's kind: same code source, same keys, shapes and dtypes.
 
@@ -82,7 +75,7 @@ def check_same_model(live: nn.Module, candidate: nn.Module) -> None:
     (TorchScript, torch.export, a trusted pickle) only takes a file of its own layout.
     """
     old, new = _info(live), _info(candidate)
-    if (old.kind in _OWN_CODE or new.kind in _OWN_CODE) and (old.layout, old.kind) != (new.layout, new.kind):
+    if (old.carries_code or new.carries_code) and (old.layout, old.kind) != (new.layout, new.kind):
         raise CandidateRejected(
             f"The candidate is a {new.layout} file ({new.kind}); the served model is {old.layout} "
             f"({old.kind}). "
@@ -189,6 +182,6 @@ class ModelSlot:
             with torch.no_grad():
                 for name, tensor in source.items():
                     live_state[name].copy_(tensor)
-                    if contents.layout is Layout.TORCH_SAVE and tensor.device.type == "cpu":
+                    if contents.layout.maps_file and tensor.device.type == "cpu":
                         release_pages(tensor)
             setattr(live, INFO_ATTRIBUTE, info)

@@ -7,26 +7,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from serving.checkpoints.keys import shape_map
-from serving.checkpoints.layout import Layout, detect_layout
-from serving.checkpoints.reader import read_checkpoint
+from serving.checkpoints.layout import detect_layout
 from serving.errors import CkptServeError
 from serving.files import sha256_of
-from serving.loader import checkpoint_info, make_info
 from serving.reload.candidates import OUTSIDE, PIN_FILE, Candidate, Scanner, resolves_inside
 from serving.reload.policy import Ranking, rank_with_reasons
 from serving.reload.slot import ModelSlot
+from serving.reload.strategy import STRATEGIES, LoadFn, Replacement
 from serving.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-LoadFn = Callable[[Path, str], nn.Module]  # (checkpoint path, its sha256) -> validated-ready model
 EventFn = Callable[[str, float], None]  # (result: "success" | "rejected", seconds)
 _SHOWN_SKIPPED = 50  # describe lists this many skipped candidates; skipped_total counts them all
 
@@ -209,12 +204,8 @@ class Reloader:
         assert self.slot is not None
         started = time.perf_counter()
         try:
-            if self.spec.reload.strategy == "inplace" and detect_layout(candidate.path) in _COPYABLE:
-                self._copy_in(candidate, sha, started)
-            else:
-                model = self._load(candidate.path, sha)
-                self.slot.validate(model)
-                self.slot.swap(model)
+            strategy = STRATEGIES[self.spec.reload.strategy]
+            strategy.apply(Replacement(candidate.path, sha, self.slot, self.spec, self._load))
         except Exception as exc:  # a surprise must reject this file, not stall the watcher on it forever
             self._reject(candidate, sha, rejection_reason(exc))
             self._on_event("rejected", time.perf_counter() - started)
@@ -241,20 +232,6 @@ class Reloader:
             seconds,
         )
         return True
-
-    def _copy_in(self, candidate: Candidate, sha: str, started: float) -> None:
-        assert self.slot is not None
-        live = self.slot.model
-        contents = read_checkpoint(
-            candidate.path,
-            expected=shape_map(live.state_dict()),
-            state_dict_key=self.spec.state_dict_key,
-            safe_globals=self.spec.safe_globals,
-        )
-        old = checkpoint_info(live)
-        info = make_info(contents, live, None, torch.device(old.device), None, sha, 0.0)
-        self.slot.copy_in(contents, info)
-        log.debug("in-place copy of %s took %.2fs", candidate.path, time.perf_counter() - started)
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
@@ -352,12 +329,3 @@ def rejection_reason(exc: Exception) -> str:
         f"reading or checking it failed ({type(exc).__name__}): it is damaged, or not a checkpoint "
         "of this model."
     )
-
-
-_COPYABLE = (
-    Layout.TORCH_SAVE,
-    Layout.TORCH_SAVE_LEGACY,
-    Layout.SAFETENSORS,
-    Layout.SHARDED_SAFETENSORS,
-    Layout.DCP,
-)

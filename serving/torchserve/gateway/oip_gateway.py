@@ -16,9 +16,9 @@ from serving.codecs.datatypes import datatype_of
 from serving.codecs.oip_grpc import fill, has_typed_contents, to_numpy
 from serving.error_codes import details, status_code
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError, ServerError
-from serving.torchserve.gateway.signature import Signature, Signatures
 from serving.protos import grpc_predict_v2_pb2 as pb
 from serving.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.torchserve.gateway.signature import Signature, Signatures
 from serving.torchserve.gateway.upstream import TokenFile, TorchServeUpstream
 from serving.wire import CHANNEL_OPTIONS, NPY_MAGIC
 

@@ -1,0 +1,1 @@
+"""One descriptor per checkpoint layout (a file each); ``serving.checkpoints.layout`` registers them."""

@@ -1,0 +1,1 @@
+"""One file per reload policy; ``serving.reload.policy`` registers them."""

@@ -1,0 +1,1 @@
+"""One file per reload strategy; ``serving.reload.strategy`` registers them."""
