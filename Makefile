@@ -18,6 +18,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy    # what it checks, and how strictly: [tool.mypy] in pyproject.toml
 
 test: lint
 	$(PY) -m pytest
