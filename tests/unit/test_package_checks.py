@@ -15,6 +15,8 @@ from tests.assets.cli import ckptserve
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "model_store" / "digits"
 MODEL, LABELS = DIGITS / "model.py", DIGITS / "index_to_name.json"
+# Every test packages, and packaging checks the architecture in a child process: seconds each.
+pytestmark = pytest.mark.slow
 
 
 @dataclass

@@ -110,6 +110,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_in_a_real_two_process_job(tmp_path: Path) -> None:  # seed 9.7
     import subprocess
 
