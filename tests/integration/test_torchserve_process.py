@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -37,7 +38,7 @@ OIP_GRPC_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def settings_for(store: Path, runtime_dir: Path, models: list[str], **kwargs: object) -> ServerSettings:
+def settings_for(store: Path, runtime_dir: Path, models: list[str], **kwargs: Any) -> ServerSettings:
     ports = free_ports()
     return ServerSettings(model_store=store, runtime_dir=runtime_dir, models=models, **ports, **kwargs)
 

@@ -103,7 +103,7 @@ def test_relative_checkpoint_not_in_the_archive_says_so(tmp_path: Path, package:
 
 
 def test_missing_watch_dir_is_a_warning_not_an_error(tmp_path: Path) -> None:
-    args = [
+    args: list[str | Path] = [
         "package",
         "digits",
         "--model-store",
