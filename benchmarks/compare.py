@@ -285,6 +285,8 @@ def run(plan: Plan) -> dict[str, Any]:
         )
         try:
             server.start(timeout_s=600)
+            assert server.gateway is not None  # started: the server was given its port
+            gateway = server.gateway
             urls = server.torchserve.urls
             targets: dict[str, dict[str, str]] = {model: {} for model in plan.models}
             for model in plan.models:
@@ -329,9 +331,7 @@ def run(plan: Plan) -> dict[str, Any]:
                         for label, name, kind in GRPC_ROWS:
                             if name not in CONFIGS:
                                 continue
-                            target = (
-                                server.gateway.settings.endpoint if kind == "oip" else urls.grpc_inference
-                            )
+                            target = gateway.settings.endpoint if kind == "oip" else urls.grpc_inference
                             r = run_load(
                                 kind,
                                 target,

@@ -77,20 +77,20 @@ async def _load(
         async def one() -> bool:
             status, _ = await client.request("POST", f"/predictions/{model}", payload, "application/json")
             return status == 200
-    elif kind in ("grpc-json", "grpc-npy"):
+    elif kind in ("grpc-json", "grpc-npy") and channel is not None:  # every kind but http has a channel
         predictions = inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions
         request = inference_pb2.PredictionsRequest(model_name=model, input={"data": payload})
 
         async def one() -> bool:
             await predictions(request, timeout=30)
             return True
-    elif kind == "oip":
+    elif kind == "oip" and channel is not None:
         infer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         tensor = oip.ModelInferRequest.InferInputTensor(name="input__0", datatype="FP32", shape=list(shape))
-        request = oip.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[payload])
+        infer_request = oip.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[payload])
 
         async def one() -> bool:
-            await infer(request, timeout=30)
+            await infer(infer_request, timeout=30)
             return True
 
     async def unary_worker() -> None:
@@ -104,6 +104,7 @@ async def _load(
 
     async def stream_worker(index: int) -> None:
         # One stream (one TorchServe sequence), `window` requests in flight, answers in order.
+        assert channel is not None  # the grpc-stream kind has one
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         sent_at: list[float] = []
         credits = asyncio.Semaphore(window)
@@ -288,9 +289,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"concurrency {c} outstanding requests, {s:g} s per row, load from {p} asyncio processes")
             print(f"{'':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
             if shutil.which("wrk"):
-                body = sample_body(workdir / "body.json")
-                wrk(f"{urls.inference}/predictions/digits", body, c, 2)  # warm-up
-                result = wrk(f"{urls.inference}/predictions/digits", body, c, int(s))
+                body_file = sample_body(workdir / "body.json")
+                wrk(f"{urls.inference}/predictions/digits", body_file, c, 2)  # warm-up
+                result = wrk(f"{urls.inference}/predictions/digits", body_file, c, int(s))
                 rows["HTTP /predictions (JSON), wrk"] = {
                     "rps": result["rps"],
                     "p50_ms": result["p50_ms"],

@@ -30,7 +30,7 @@ class Api(ls.LitAPI):
         self.model = _model(*sys.argv[1:4])
 
     # Unannotated on purpose: LitServe builds the endpoint from this hint, and none means a JSON body.
-    def decode_request(self, request):  # type: ignore[no-untyped-def]
+    def decode_request(self, request):
         return torch.as_tensor(request["instances"][0], dtype=torch.float32)
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:

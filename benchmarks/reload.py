@@ -194,7 +194,7 @@ def run_size(workdir: Path, size: str, strategy: str, poll_s: float) -> dict[str
         url = f"{server.torchserve.urls.inference}/predictions/stack"
         wrk(url, body, 4, 2)  # warm-up
         steady = wrk(url, body, 4, 5)
-        row = {
+        row: dict[str, Any] = {  # steady numbers, then one dict per reload kind
             "steady_p50_ms": steady["p50_ms"],
             "steady_p99_ms": steady["p99_ms"],
             "steady_rps": steady["rps"],
@@ -225,7 +225,13 @@ def main(argv: list[str] | None = None) -> None:
                 rows[f"{size}/{strategy}"] = row
                 for kind in ("weights_only", "with_adam_state"):
                     r = row[kind]
-                    cells = (size, strategy, kind, f"{r['file_mib']:.0f}", f"{r['landed_to_serving_s']:.2f}")
+                    cells: tuple[object, ...] = (
+                        size,
+                        strategy,
+                        kind,
+                        f"{r['file_mib']:.0f}",
+                        f"{r['landed_to_serving_s']:.2f}",
+                    )
                     cells += (f"{r['extra_peak_rss_mib']:.0f}", f"{r['extra_peak_anon_mib']:.0f}")
                     p50 = f"{row['steady_p50_ms']:.1f}->{r['p50_ms_during_reload']:.1f}"
                     p99 = f"{row['steady_p99_ms']:.1f}->{r['p99_ms_during_reload']:.1f}"

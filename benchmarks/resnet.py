@@ -6,6 +6,9 @@ exactly one nn.Module class, so the residual blocks are ModuleDicts wired in ``f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -46,7 +49,7 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for block in self.blocks:
+        for block in cast(Iterable[nn.ModuleDict], self.blocks):  # the blocks built in __init__
             out = torch.relu(block["bn1"](block["conv1"](x)))
             out = block["bn2"](block["conv2"](out))
             x = torch.relu(out + (block["down"](x) if "down" in block else x))

@@ -19,7 +19,7 @@ class StockHandler(BaseHandler):
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
         rows = []
         for row in data:
-            body = row.get("data") or row.get("body")
+            body: Any = row.get("data") or row.get("body")  # bytes, or what TorchServe parsed
             if isinstance(body, (bytes, bytearray)):
                 body = json.loads(body)
             rows.append(torch.as_tensor(body["instances"], dtype=torch.float32))

@@ -22,7 +22,7 @@ class StockHandler(BaseHandler):
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
         rows: list[Any] = []
         for request in data:
-            body = request.get("data") or request.get("body")
+            body: Any = request.get("data") or request.get("body")  # bytes, or what TorchServe parsed
             if isinstance(body, (bytes, bytearray)):
                 body = json.loads(body)
             rows.extend(body["instances"])  # one instance per request in the benchmark

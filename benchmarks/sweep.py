@@ -139,11 +139,11 @@ def _environment(changes: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
+        for key, old in saved.items():
+            if old is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = old
 
 
 def _start(name: str, cfg: Config, workdir: Path, checkpoint: Path, state_dict: Path) -> Any:

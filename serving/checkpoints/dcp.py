@@ -13,12 +13,17 @@ import io
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from serving.checkpoints.selection import MODEL_KEYS, is_optimizer_like, select_state_dict
 from serving.errors import CorruptCheckpointError, UnsafeCheckpointError
+
+if TYPE_CHECKING:  # torch.distributed is imported only when a DCP checkpoint is read
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata
 
 _METADATA_NAMES = frozenset(
     {
@@ -58,7 +63,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("global outside the DCP metadata allowlist")
 
 
-def read_dcp_metadata(directory: Path) -> Any:
+def read_dcp_metadata(directory: Path) -> Metadata:
     """The ``Metadata`` of a DCP directory, read with the allow-listed unpickler."""
     from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
@@ -118,19 +123,20 @@ def _check_data_files(directory: Path, metadata: Any) -> None:
             )
 
 
-def _reader(directory: Path) -> Any:
-    import torch.distributed.checkpoint as dcp
+def _reader(directory: Path) -> FileSystemReader:
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
 
-    class SafeReader(dcp.FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
             metadata = read_dcp_metadata(directory)
+            assert metadata.storage_meta is not None  # read_dcp_metadata fills in a missing one
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
     return SafeReader(str(directory))
 
 
-def _planner() -> Any:
+def _planner() -> DefaultLoadPlanner:
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     class TensorsOnly(DefaultLoadPlanner):
@@ -145,9 +151,9 @@ def read_dcp(
     path: Path, *, expected: Any, state_dict_key: str | None
 ) -> tuple[dict[str, torch.Tensor], str | None, int]:
     """(state dict, the top-level entry that held it or None, number of DCP entries)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     entries = read_dcp_metadata(path).state_dict_metadata
     tensors = {k: v for k, v in entries.items() if isinstance(v, TensorStorageMetadata)}
@@ -160,18 +166,19 @@ def read_dcp(
         groups.setdefault(head, {})[rest] = shape
     nested = {k: v for k, v in groups.items() if not is_optimizer_like(k, v)}
     # Saved as {"model": sd, ...} only if a model-like key (or the user's key) is at the top; else flat.
+    key = None
     if state_dict_key or any(k in MODEL_KEYS for k in nested):
         key = select_state_dict(nested, expected=expected, state_dict_key=state_dict_key, where=str(path))
+    if key is not None:
         wanted = {f"{key}.{n}": s for n, s in groups[key].items()}
     else:
-        key = None
         wanted = {n: s for n, s in shapes.items() if not is_optimizer_like(n.partition(".")[0], None)}
     prefix = f"{key}." if key else ""
     try:
         buffers = {n: torch.empty(s, dtype=dtypes[n]) for n, s in wanted.items()}
         with warnings.catch_warnings():  # "no process group, assuming one process": exactly our case
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(buffers, storage_reader=_reader(path), planner=_planner(), no_dist=True)
+            load(buffers, storage_reader=_reader(path), planner=_planner(), no_dist=True)
     except UnsafeCheckpointError:
         raise
     except (Exception, CheckpointException) as exc:  # DCP's own failure is a BaseException

@@ -106,8 +106,8 @@ def _jsonable(value: Any, depth: int) -> Any:
     if isinstance(value, torch.Tensor):
         return _jsonable(value.item(), depth) if value.numel() == 1 else None
     if depth > 0 and isinstance(value, Mapping) and len(value) <= _MAX_METADATA_ITEMS:
-        items = {str(k): _jsonable(v, depth - 1) for k, v in value.items()}
-        return {k: v for k, v in items.items() if v is not None} or None
+        entries = {str(k): _jsonable(v, depth - 1) for k, v in value.items()}
+        return {k: v for k, v in entries.items() if v is not None} or None
     if depth > 0 and isinstance(value, (list, tuple)) and len(value) <= _MAX_METADATA_ITEMS:
         items = [_jsonable(v, depth - 1) for v in value]
         return items if all(v is not None for v in items) else None

@@ -6,9 +6,9 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -35,6 +35,7 @@ from serving.retry import Backoff, retryable
 from serving.wire import CHANNEL_OPTIONS
 
 DEFAULT_OIP_PORT = 8001
+_Reply = TypeVar("_Reply")  # the response message of the rpc that _call makes
 
 
 def _oip_target(target: str, oip_target: str | None) -> str:
@@ -84,7 +85,7 @@ def _stream_answer(reply: inference_pb2.PredictionResponse, target: str) -> Any:
 
 
 def _stream_error(exc: grpc.RpcError, model: str, target: str) -> CkptServeError:
-    if exc.code() is grpc.StatusCode.UNKNOWN and not exc.details():  # type: ignore[attr-defined]
+    if exc.code() is grpc.StatusCode.UNKNOWN and not exc.details():
         # TorchServe 0.12 dereferences the model's sequence table, which only sequence batching
         # creates (Model.getJobGroup): any other model ends the stream with a bare UNKNOWN.
         return UnsupportedModelError(
@@ -147,7 +148,7 @@ class GrpcClient(_Base):
                 )
         return self._channels[target]
 
-    def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:
+    def _call(self, method: Callable[..., _Reply], request: object, target: str) -> _Reply:
         attempts = self.backoff.attempts(self.timeout_s)
         while True:
             remaining = attempts.remaining()
@@ -274,7 +275,7 @@ class AsyncGrpcClient(_Base):
                 )
         return self._channels[target]
 
-    async def _call(self, method: Callable[..., Any], request: Any, target: str) -> Any:
+    async def _call(self, method: Callable[..., Awaitable[_Reply]], request: object, target: str) -> _Reply:
         attempts = self.backoff.attempts(self.timeout_s)
         while True:
             remaining = attempts.remaining()

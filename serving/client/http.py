@@ -153,13 +153,13 @@ def raise_for_status(status: int, data: bytes) -> Any:
     message, hint = doc["error"], doc.get("hint") if isinstance(doc.get("hint"), str) else None
     if isinstance(parsed, dict) and parsed.get("type") == "InvalidKeyException":
         # TorchServe answers a missing or wrong key with 400, not 401: say which key to send.
-        err = AuthenticationError(
+        denied = AuthenticationError(
             f"The server answered {status}: {message}",
             hint="Token authorization is on: pass the inference key (token=, key_file= pointing at "
             "key_file.json in the server's runtime directory, or $CKPTSERVE_TOKEN).",
         )
-        err.http_status, err.body = status, parsed  # type: ignore[attr-defined]
-        raise err
+        denied.http_status, denied.body = status, parsed  # type: ignore[attr-defined]
+        raise denied
     if status >= 500 and status not in (503, 504):
         raise ServerReplyError(status, parsed, f"The server answered {status}: {message}")
     err = error_from_http(status, f"The server answered {status}: {message}", hint)

@@ -9,6 +9,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from serving.errors import ConfigError
 
@@ -423,9 +424,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-PORT_FIELDS = ("http_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port")
+class Ports(TypedDict):
+    """A port for every TorchServe endpoint, under the names of ServerSettings' keyword arguments."""
+
+    http_port: int
+    management_port: int
+    metrics_port: int
+    grpc_inference_port: int
+    grpc_management_port: int
 
 
-def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
+def free_ports(host: str = "127.0.0.1") -> Ports:
     """Free ports for every TorchServe endpoint, as ServerSettings keyword arguments (tests, demo)."""
-    return {name: free_port(host) for name in PORT_FIELDS}
+    return Ports(
+        http_port=free_port(host),
+        management_port=free_port(host),
+        metrics_port=free_port(host),
+        grpc_inference_port=free_port(host),
+        grpc_management_port=free_port(host),
+    )

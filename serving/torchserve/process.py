@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from serving.errors import ServerError
 from serving.files import atomic_write, tail
@@ -257,9 +258,10 @@ class TorchServeProcess:
             if status is not None:
                 answered_at = answered_at or time.monotonic()
                 last_status = status
-                pending: set[str] | None = {name for name, ready in status.items() if not ready}
-                for name in status.keys() - pending:
+                not_ready = {name for name, ready in status.items() if not ready}
+                for name in status.keys() - not_ready:
                     self._failures.pop(name, None)  # it loaded after all
+                pending: set[str] | None = not_ready
             else:
                 pending = set(models) if models is not None else None  # None: any model
             self._raise_on_load_failure(pending)
@@ -330,8 +332,8 @@ class TorchServeProcess:
             self.urls.management, self._key_file_if_auth(), tls_cert=self.settings.tls_cert
         )
 
-    def _get_json(self, path: str) -> object | None:
-        """GET from the management API; None on 404."""
+    def _get_json(self, path: str) -> Any:
+        """GET from the management API (parsed JSON, whatever its shape); None on 404."""
         return management_get(
             self.urls.management, path, self._key_file_if_auth(), tls_cert=self.settings.tls_cert
         )

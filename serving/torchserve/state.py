@@ -71,7 +71,10 @@ def _connect_host(bind: str) -> str:
 def urls_for(settings: ServerSettings) -> ServerUrls:
     """Where a client on this machine reaches each endpoint."""
     host, management = _connect_host(settings.host), _connect_host(settings.management_host)
-    bracket = lambda h: f"[{h}]" if ":" in h else h  # noqa: E731 - IPv6 literals in host:port
+
+    def bracket(h: str) -> str:  # IPv6 literals in host:port
+        return f"[{h}]" if ":" in h else h
+
     return ServerUrls(
         inference=settings.http_url(settings.http_port, host),
         management=settings.http_url(settings.management_port, management),

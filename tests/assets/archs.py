@@ -39,6 +39,8 @@ class TiedNet(nn.Module):
 class BufferNet(nn.Module):
     """A non-persistent buffer computed in __init__: absent from the state dict."""
 
+    scale: torch.Tensor  # registered as a buffer
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("scale", torch.linspace(0.5, 2.0, 6), persistent=False)

@@ -60,7 +60,13 @@ def package(
     store: Path, name: str, *, handler: dict[str, Any], top: dict[str, Any] | None = None, **kwargs: Any
 ) -> Path:
     """An archive of the demo model with the given handler section and TorchServe keys."""
-    config = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 20, "responseTimeout": 30}
+    config: dict[str, Any] = {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": 8,
+        "maxBatchDelay": 20,
+        "responseTimeout": 30,
+    }
     config.update(top or {})
     config["handler"] = {"architecture": "model:DigitsCNN", "input": {"shape": [1, 8, 8]}, **handler}
     config_path = store / f"{name}-config.yaml"

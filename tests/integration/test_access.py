@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -225,7 +226,7 @@ def test_our_clients_read_the_key_file_and_verify_with_the_ca(secured: Secured, 
     urls = secured.server.torchserve.urls
     image = trained.images[:1]
     expected = trained.reference(1, image)
-    access = {"tls_ca": secured.pki.ca, "key_file": secured.key_file}
+    access: dict[str, Any] = {"tls_ca": secured.pki.ca, "key_file": secured.key_file}
     with HttpClient(urls.inference, timeout_s=60, **access) as client:
         torch.testing.assert_close(torch.from_numpy(client.predict("digits", image)), expected)
 
@@ -234,9 +235,9 @@ def test_our_clients_read_the_key_file_and_verify_with_the_ca(secured: Secured, 
             return await client.predict("digits", image)
 
     torch.testing.assert_close(torch.from_numpy(asyncio.run(async_predict())), expected)
-    with GrpcClient(urls.grpc_inference, oip_target=secured.oip, timeout_s=60, **access) as client:
-        torch.testing.assert_close(torch.from_numpy(client.predict("digits", image)), expected)
-        result = client.infer("digits", {"input__0": image})
+    with GrpcClient(urls.grpc_inference, oip_target=secured.oip, timeout_s=60, **access) as rpc:
+        torch.testing.assert_close(torch.from_numpy(rpc.predict("digits", image)), expected)
+        result = rpc.infer("digits", {"input__0": image})
         torch.testing.assert_close(torch.from_numpy(result.outputs["output__0"]), expected)
     with (
         HttpClient(urls.inference, tls_ca=secured.pki.ca) as client,

@@ -18,7 +18,7 @@ from tests.assets.cli import ckptserve
 
 def demo(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "tmp").mkdir()
-    args = ["demo", "--epochs", "1", "--workdir", tmp_path / "work", *flags]
+    args: list[str | Path] = ["demo", "--epochs", "1", "--workdir", tmp_path / "work", *flags]
     return ckptserve(*args, tmpdir=tmp_path / "tmp", cwd=tmp_path)
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -60,7 +61,7 @@ class Served:
         return self.gateway.settings.endpoint
 
     def client(self, **kwargs: object) -> GrpcClient:
-        return GrpcClient(self.grpc, oip_target=self.oip, **kwargs)  # type: ignore[arg-type]
+        return GrpcClient(self.grpc, oip_target=self.oip, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def test_health_and_metadata_reflect_torchserve(served: Served, oip_stub) -> Non
     with pytest.raises(grpc.RpcError) as caught:
         oip_stub.ModelMetadata(oip.ModelMetadataRequest(name="digits_stream"), timeout=10)
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "StreamPredictions2" in caught.value.details()
+    assert "StreamPredictions2" in (caught.value.details() or "")
 
 
 def test_readiness_follows_the_workers(served: Served, oip_stub) -> None:
@@ -310,7 +311,7 @@ def _tensor(shape: list[int], datatype: str = "FP32", values: list[float] | None
     )
 
 
-BAD_INFER = {
+BAD_INFER: dict[str, tuple[dict[str, Any], str]] = {  # ModelInferRequest fields, message fragment
     "no batch axis": ({"inputs": [_tensor([1, 8, 8])]}, "expected [n, 1, 8, 8]"),
     "wrong size": ({"inputs": [_tensor([1, 1, 8, 7])]}, "has shape [1, 1, 8, 7]"),
     "NaN": ({"inputs": [_tensor([1, 1, 8, 8], values=[float("nan")] * 64)]}, "NaN"),
@@ -354,15 +355,15 @@ def test_bad_requests_get_invalid_argument_with_a_readable_message(oip_stub, cas
     with pytest.raises(grpc.RpcError) as caught:
         oip_stub.ModelInfer(oip.ModelInferRequest(model_name="digits", **fields), timeout=30)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
-    assert fragment in caught.value.details()
-    assert "Traceback" not in caught.value.details()
+    assert fragment in (caught.value.details() or "")
+    assert "Traceback" not in (caught.value.details() or "")
 
 
 def test_unknown_model_is_not_found_everywhere(served: Served, oip_stub, trained: Trained) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         oip_stub.ModelInfer(oip.ModelInferRequest(model_name="no_such_model", inputs=[_tensor([1, 1, 8, 8])]))
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
-    assert "no_such_model" in caught.value.details()
+    assert "no_such_model" in (caught.value.details() or "")
     with served.client() as client, pytest.raises(ModelNotFoundError):
         client.predict("no_such_model", trained.images[:1].numpy())
 

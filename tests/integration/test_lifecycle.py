@@ -24,6 +24,7 @@ import torch
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.torchserve import free_port, free_ports
+from serving.torchserve.config import Ports
 from tests.integration.conftest import Trained, http, package
 
 START_TIMEOUT_S = 240.0  # a loaded 2-core machine starts Java and two workers slowly
@@ -59,7 +60,7 @@ class Serve:
 
     proc: subprocess.Popen[str]
     runtime_dir: Path
-    ports: dict[str, int]
+    ports: Ports
     oip_port: int
     tag: str
     lines: list[str] = field(default_factory=list)

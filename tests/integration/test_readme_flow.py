@@ -17,7 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,7 @@ SERVE_FLAGS = {
 }
 
 
-def with_ports(command: str, ports: dict[str, int]) -> str:
+def with_ports(command: str, ports: Mapping[str, object]) -> str:
     """The command with this test's ports right after the subcommand (see the module docstring)."""
     serve = " ".join(f"{SERVE_FLAGS[name]} {port}" for name, port in ports.items())
     command = re.sub(r"\bckptserve serve\b", f"ckptserve serve {serve}", command)

@@ -38,6 +38,7 @@ def send(
 ) -> tuple[int, bytes]:
     """One request with exactly these headers (urllib would add a Content-Type of its own)."""
     url = urlsplit(server.urls.inference)
+    assert url.hostname is not None
     conn = HTTPConnection(url.hostname, url.port, timeout=timeout)
     try:
         conn.request("POST", path, body=body, headers={"Content-Length": str(len(body)), **headers})

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
 import pytest
 
-from serving.errors import ConfigError, ServerError
+from serving.errors import ServerError
 from serving.protos import grpc_predict_v2_pb2, inference_pb2, inference_pb2_grpc
 from serving.torchserve import (
     ServerSettings,
     TorchServeProcess,
     build_archive,
     free_ports,
-    render_properties,
     stop_from_state,
 )
-from serving.torchserve.worker_log import last_exception_lines
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +38,7 @@ OIP_GRPC_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def settings_for(store: Path, runtime_dir: Path, models: list[str], **kwargs: object) -> ServerSettings:
+def settings_for(store: Path, runtime_dir: Path, models: list[str], **kwargs: Any) -> ServerSettings:
     ports = free_ports()
     return ServerSettings(model_store=store, runtime_dir=runtime_dir, models=models, **ports, **kwargs)
 
@@ -97,96 +95,6 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[To
         assert ts.wait_ready(["echo"], timeout_s=90) == {"echo": 1}
         print(f"TorchServe start to ready: {time.monotonic() - started:.1f} s")
         yield ts
-
-
-# --- configuration ------------------------------------------------------------------------------
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """Enough of java.util.Properties for what render_properties writes (its only escape is '\\')."""
-    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {key: value.replace("\\\\", "\\") for key, value in pairs}
-
-
-def test_rendered_properties_hold_the_safety_settings(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    settings = ServerSettings(model_store=store, runtime_dir=tmp_path / "rt", http_port=9080)
-    props = parse_properties(render_properties(settings))
-
-    assert props["inference_address"] == "http://127.0.0.1:9080"
-    assert props["management_address"] == "http://127.0.0.1:8081"
-    assert props["metrics_address"] == "http://127.0.0.1:8082"
-    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
-    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("7070", "7071")
-    assert props["enable_model_api"] == "false"
-    assert props["metrics_mode"] == "prometheus"
-    assert props["install_py_dep_per_model"] == "false"
-    assert props["disable_token_authorization"] == "true"
-    assert props["ts_open_inference_protocol"] == "false"  # off unless asked for (see ServerSettings)
-    with_oip = ServerSettings(model_store=store, runtime_dir=tmp_path / "rt", open_inference=True)
-    assert parse_properties(render_properties(with_oip))["ts_open_inference_protocol"] == "true"
-    # allowed_urls is a Java regex; these paths need no escapes, so Python's re reads it alike.
-    allowed = re.compile(props["allowed_urls"])
-    assert allowed.fullmatch(f"file://{store}/echo.mar")
-    assert not allowed.fullmatch("file:///etc/passwd")
-    assert not allowed.fullmatch("https://example.com/model.mar")
-
-    with_auth = parse_properties(render_properties(ServerSettings(store, tmp_path / "rt", token_auth=True)))
-    assert "disable_token_authorization" not in with_auth
-
-
-def test_settings_refuse_what_torchserve_would_misread(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    with pytest.raises(ConfigError, match="inference_address"):
-        render_properties(ServerSettings(store, tmp_path, extra={"inference_address": "http://0.0.0.0:1"}))
-    with pytest.raises(ConfigError, match="distinct ports"):
-        ServerSettings(store, tmp_path, http_port=7070).validate()
-    with pytest.raises(ConfigError, match="not in the model store"):
-        ServerSettings(store, tmp_path, models=["echo=missing.mar"]).validate()
-    with pytest.raises(ConfigError, match="Unix socket path"):
-        ServerSettings(store, tmp_path / ("d" * 120)).validate()
-    # Backslashes are escapes in java.util.Properties: they must reach TorchServe doubled.
-    props = render_properties(ServerSettings(store, tmp_path, extra={"cors_allowed_origin": r"a\b"}))
-    assert "cors_allowed_origin=a\\\\b" in props
-    # Properties files may be read as ISO-8859-1: non-ASCII goes in as \uXXXX.
-    props = render_properties(ServerSettings(store, tmp_path, extra={"cors_allowed_origin": "é"}))
-    assert "cors_allowed_origin=\\u00e9" in props
-
-
-# --- archives -----------------------------------------------------------------------------------
-
-
-def test_build_archive_names_missing_files_and_builds_folders(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"serialized_file: expected a file, found nothing at .*nope\.pt"):
-        build_archive("m", handler=HANDLER, export_dir=tmp_path, serialized_file=tmp_path / "nope.pt")
-    with pytest.raises(ConfigError, match="handler"):
-        build_archive("m", handler=tmp_path / "missing.py", export_dir=tmp_path)
-    with pytest.raises(ConfigError, match="Archive name"):
-        build_archive("bad name", handler=HANDLER, export_dir=tmp_path)
-
-    weights = tmp_path / "weights.pt"
-    weights.write_bytes(b"not really weights")
-    folder = build_archive(
-        "m",
-        handler=HANDLER,
-        export_dir=tmp_path / "out",
-        serialized_file=weights,
-        archive_format="no-archive",
-    )
-    manifest = json.loads((folder / "MAR-INF" / "MANIFEST.json").read_text())
-    assert manifest["model"] == {
-        "modelName": "m",
-        "serializedFile": "weights.pt",
-        "handler": "echo_handler.py",
-        "modelVersion": "1.0",
-    }
-    assert (folder / "weights.pt").read_bytes() == b"not really weights"
-    with pytest.raises(ConfigError, match="already exists"):
-        build_archive(
-            "m", handler=HANDLER, export_dir=tmp_path / "out", archive_format="no-archive", force=False
-        )
 
 
 # --- one running server -------------------------------------------------------------------------
@@ -323,25 +231,3 @@ def test_wait_ready_reports_a_server_that_exits(store: Path, tmp_path: Path) -> 
     settings = settings_for(store, tmp_path, ["echo=echo.mar"], extra={"max_request_size": "lots"})
     with TorchServeProcess(settings) as ts, pytest.raises(ServerError, match="exited with code"):
         ts.wait_ready(timeout_s=60)
-
-
-def test_last_exception_line_of_a_chained_traceback() -> None:
-    lines = [
-        "Traceback (most recent call last):",
-        '  File "loader.py", line 1, in load',
-        "    read()",
-        "KeyError: 'fc.weight'",
-        "",
-        "The above exception was the direct cause of the following exception:",
-        "",
-        "Traceback (most recent call last):",
-        '  File "handler.py", line 2, in initialize',
-        "    load()",
-        "CheckpointError: weights do not fit",
-        "  (indented second line of the message)",
-        "Backend worker process died.",
-    ]
-    assert last_exception_lines(lines) == ["CheckpointError: weights do not fit"]
-    # The frontend may stop reading a dying worker mid-traceback; the next worker's lines are no error.
-    cut_off = ["Traceback (most recent call last):", '  File "worker.py", line 3', "s_name_part0=/tmp/x"]
-    assert last_exception_lines(cut_off) == []

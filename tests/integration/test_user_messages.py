@@ -93,7 +93,8 @@ def serve(
         "--oip-grpc-port": free_port(),
     }
     flags = [str(x) for pair in ports.items() for x in pair]
-    args = ["serve", "--model-store", store, "--runtime-dir", runtime_dir, "--timeout", "300", *flags]
+    args: list[str | Path] = ["serve", "--model-store", store, "--runtime-dir", runtime_dir]
+    args += ["--timeout", "300", *flags]
     return ckptserve(*args, tmpdir=tmpdir)
 
 

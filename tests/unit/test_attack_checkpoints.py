@@ -196,7 +196,8 @@ def test_a_state_dict_key_that_is_no_string_is_a_typed_error(
     reference: Reference, tmp_path: Path, key: object
 ) -> None:
     path = tmp_path / "keys.pt"
-    torch.save({**reference.model.state_dict(), key: torch.zeros(1)}, path)  # weights_only allows it
+    state: dict[Any, Any] = {**reference.model.state_dict(), key: torch.zeros(1)}  # a key of any type
+    torch.save(state, path)  # weights_only allows it
     for read in (lambda: load_model(SmallNet, path), lambda: summarize(path)):
         with pytest.raises(CorruptCheckpointError, match="key"):  # before: AttributeError
             read()

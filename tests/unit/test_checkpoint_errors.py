@@ -28,7 +28,7 @@ from tests.conftest import Reference, train_reference
 
 def _load_error(arch: object, path: Path, **kwargs: object) -> CkptServeError:
     with pytest.raises(CkptServeError) as caught:
-        load_model(arch, path, **kwargs)  # type: ignore[arg-type]
+        load_model(arch, path, **kwargs)
     assert "Traceback" not in str(caught.value)
     return caught.value
 

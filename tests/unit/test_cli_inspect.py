@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 
 from serving.app.cli import main
@@ -44,6 +45,7 @@ def test_inspect_json_describes_a_gpu_written_training_checkpoint(
     assert summary["fingerprint"] == fingerprint(shape_map(weights))  # DDP prefix stripped
 
 
+@pytest.mark.slow
 def test_inspect_prints_a_table_and_errors_go_to_stderr(reference: Reference, tmp_path: Path) -> None:
     torch.save(reference.model.state_dict(), tmp_path / "w.pth")
     root = Path(__file__).resolve().parents[2]

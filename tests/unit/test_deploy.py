@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from serving.spec import parse_spec
+from tests.assets.kubectl import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -32,34 +31,19 @@ Doc = dict[str, Any]
 # --- rendering ----------------------------------------------------------------------------------
 
 
-def _kustomize(path: Path) -> list[Doc]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail(
-            "kubectl is not on PATH: these tests render k8s/ with `kubectl kustomize` and must not be "
-            "skipped. Install kubectl (it bundles kustomize) and rerun."
-        )
-    proc = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"`kubectl kustomize {path.relative_to(ROOT)}` failed:\n{proc.stderr}")
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
 @pytest.fixture(scope="module", params=OVERLAYS)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
-    return request.param, _kustomize(K8S / "overlays" / request.param)
+    return request.param, kustomize(K8S / "overlays" / request.param)
 
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Doc]]:
-    return {name: _kustomize(K8S / "overlays" / name) for name in OVERLAYS}
+    return {name: kustomize(K8S / "overlays" / name) for name in OVERLAYS}
 
 
 @pytest.fixture(scope="module")
 def job() -> Doc:
-    return _one(_kustomize(K8S / "examples"), "Job")
+    return _one(kustomize(K8S / "examples"), "Job")
 
 
 def _all(docs: list[Doc], kind: str) -> list[Doc]:

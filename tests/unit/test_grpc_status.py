@@ -45,7 +45,7 @@ def _body(code: int, message: str = "bad", hint: str | None = "fix it") -> bytes
 )
 def test_handler_error_bodies_become_typed_errors(code: int, kind: type, grpc_code: str) -> None:
     err = error_from_body(_body(code, "instance 0 has shape (2,)"))
-    assert type(err) is kind and err.http_status == code and err.grpc_code == grpc_code
+    assert err is not None and type(err) is kind and err.http_status == code and err.grpc_code == grpc_code
     assert err.message == "instance 0 has shape (2,)" and err.hint == "fix it"
 
 

@@ -6,7 +6,9 @@ import json
 import pickle
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -38,7 +40,7 @@ def hostile_dcp(directory: Path, marker: Path) -> Path:
     return directory
 
 
-def _error(fn, *args, **kwargs) -> CkptServeError:  # type: ignore[no-untyped-def]
+def _error(fn: Callable[..., object], *args: Any, **kwargs: Any) -> CkptServeError:
     with pytest.raises(CkptServeError) as caught:
         fn(*args, **kwargs)
     return caught.value
@@ -239,6 +241,7 @@ def test_rejections_in_a_watch_dir_never_quote_the_file(reference: Reference, tm
         )
         reloader = Reloader(spec, lambda p, sha: load_model(SmallNet, p, sha256=sha))
         model = reloader.initial_model(lambda m: None)
+        assert model is not None
         reloader.slot = ModelSlot(model, sample_input((1, 8, 8), torch.float32))
         for _ in range(3):
             reloader.poll_once()

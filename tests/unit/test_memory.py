@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,6 +43,7 @@ MEASURE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_peak_memory_stays_near_the_weights_not_the_file(tmp_path: Path) -> None:
     model = Wide()
     optimizer = torch.optim.Adam(model.parameters())

@@ -124,7 +124,7 @@ def test_the_definitions_import_without_torch_or_torchserve() -> None:
 
 
 def test_error_reasons_are_a_bounded_set_that_knows_every_request_error() -> None:
-    def subclasses(cls: type) -> set[type]:
+    def subclasses(cls: type[Exception]) -> set[type[Exception]]:
         return {cls} | {s for c in cls.__subclasses__() for s in subclasses(c)}
 
     # The errors a batch can end with: the codecs' (serving.errors) and the data plane's own.
@@ -227,7 +227,8 @@ def test_the_written_time_is_the_one_save_checkpoint_records(tmp_path: Path) -> 
     after = time.time()
     os.utime(path, (1.0, 1.0))  # a copy or a restore changes the mtime; the metadata still knows
     loaded = load_model(torch.nn.Linear, path, architecture_kwargs={"in_features": 2, "out_features": 2})
-    assert before <= metrics.written_at(checkpoint_info(loaded)) <= after
+    written = metrics.written_at(checkpoint_info(loaded))
+    assert written is not None and before <= written <= after
 
 
 def test_the_reporter_flushes_in_the_background_and_keeps_the_ready_clock() -> None:

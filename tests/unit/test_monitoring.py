@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from serving.torchserve.server import METRICS_CONFIG
+from tests.assets.kubectl import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "k8s" / "monitoring"
@@ -213,16 +212,6 @@ def test_alert_rules_are_well_formed() -> None:
 # --- the Component in the overlays --------------------------------------------------------------
 
 
-def _kustomize(path: Path) -> list[Doc]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not on PATH: these tests render k8s/ with `kubectl kustomize`; install it.")
-    proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        pytest.fail(f"`kubectl kustomize {path}` failed:\n{proc.stderr}")
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
 @pytest.fixture(scope="module", params=OVERLAYS)
 def monitored(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -236,7 +225,7 @@ def monitored(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         f"resources:\n  - {overlay}\ncomponents:\n  - {component}\n"
     )
-    return request.param, _kustomize(work)
+    return request.param, kustomize(work)
 
 
 def _one(docs: list[Doc], kind: str) -> Doc:
@@ -248,7 +237,7 @@ def _one(docs: list[Doc], kind: str) -> Doc:
 def test_overlays_leave_monitoring_opt_in() -> None:
     # Applying a ServiceMonitor fails on clusters without the Prometheus Operator's CRDs.
     for name in OVERLAYS:
-        kinds = {d["kind"] for d in _kustomize(ROOT / "k8s" / "overlays" / name)}
+        kinds = {d["kind"] for d in kustomize(ROOT / "k8s" / "overlays" / name)}
         assert not kinds & {"ServiceMonitor", "PrometheusRule"}, name
 
 

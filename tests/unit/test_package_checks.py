@@ -15,6 +15,8 @@ from tests.assets.cli import ckptserve
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "model_store" / "digits"
 MODEL, LABELS = DIGITS / "model.py", DIGITS / "index_to_name.json"
+# Every test packages, and packaging checks the architecture in a child process: seconds each.
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -101,7 +103,7 @@ def test_relative_checkpoint_not_in_the_archive_says_so(tmp_path: Path, package:
 
 
 def test_missing_watch_dir_is_a_warning_not_an_error(tmp_path: Path) -> None:
-    args = [
+    args: list[str | Path] = [
         "package",
         "digits",
         "--model-store",

@@ -37,6 +37,7 @@ def _package(tmp_path: Path, top: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load((archive / "model-config.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_a_handler_only_yaml_gets_the_measured_defaults(tmp_path: Path) -> None:
     written = _package(tmp_path, {})
     assert {k: written[k] for k in MODEL_DEFAULTS} == MODEL_DEFAULTS
@@ -45,6 +46,7 @@ def test_a_handler_only_yaml_gets_the_measured_defaults(tmp_path: Path) -> None:
     assert written["handler"]["architecture"] == "model:DigitsCNN"
 
 
+@pytest.mark.slow
 def test_the_users_values_win(tmp_path: Path) -> None:
     mine = {"batchSize": 3, "maxBatchDelay": 7, "minWorkers": 1, "maxWorkers": 1}
     written = _package(tmp_path, mine)

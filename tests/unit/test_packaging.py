@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_FILES = {
     "handlers/checkpoint_handler.py",  # copied into every archive
@@ -19,9 +21,12 @@ RUNTIME_FILES = {
     "serving/torchserve/log4j2.xml",  # the quiet logging config
     "serving/torchserve/metrics.yaml",  # declares the handler's metrics to TorchServe
     "serving/protos/grpc_predict_v2.proto",
+    "serving/py.typed",  # users' type checkers read our annotations ...
+    "serving/protos/grpc_predict_v2_pb2.pyi",  # ... and the generated modules' stubs
 }
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_runtime_files(tmp_path: Path) -> None:
     # Build from a clean copy of the tracked files: a build/ folder left in the checkout would hide
     # a missing package-data rule.

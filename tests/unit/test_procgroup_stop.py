@@ -25,6 +25,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_member_born_after_sigterm_is_stopped_without_sigkill(caplog: pytest.LogCaptureFixture) -> None:
     leader = subprocess.Popen(
         [sys.executable, "-c", RESPAWNING_LEADER], stdout=subprocess.PIPE, text=True, start_new_session=True

@@ -12,12 +12,12 @@ import torch
 from serving import checkpoint_info, load_model, save_checkpoint
 from serving.reload import ModelSlot, Reloader, Scanner, number_in_name, rank, sample_input
 from serving.reload.pin import read_pin
-from serving.spec import ReloadSpec, parse_spec
+from serving.spec import ModelSpec, ReloadSpec, parse_spec
 from tests.assets.archs import SmallNet
 from tests.conftest import Reference, train_reference
 
 
-def _spec(watch: Path, **reload: object) -> object:
+def _spec(watch: Path, **reload: object) -> ModelSpec:
     handler = {
         "architecture": "tests.assets.archs:SmallNet",
         "input": {"shape": [1, 8, 8]},
@@ -139,7 +139,9 @@ def test_reloader_serves_the_newest_valid_and_rejects_the_rest(reference: Refere
     spec = _spec(tmp_path)
     save_checkpoint(tmp_path, reference.model, epoch=1)
     reloader = Reloader(spec, _loader)
-    slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
+    model = reloader.initial_model(lambda m: None)
+    assert model is not None
+    slot = ModelSlot(model, sample_input((1, 8, 8), torch.float32))
     reloader.slot = slot
     assert checkpoint_info(slot.model).epoch == 1
 
@@ -185,13 +187,17 @@ def test_inplace_copies_into_the_live_tensors(reference: Reference, tmp_path: Pa
     spec = _spec(tmp_path, reload_strategy="inplace")
     save_checkpoint(tmp_path, reference.model, epoch=1)
     reloader = Reloader(spec, _loader)
-    slot = ModelSlot(reloader.initial_model(lambda m: None), sample_input((1, 8, 8), torch.float32))
+    model = reloader.initial_model(lambda m: None)
+    assert model is not None
+    slot = ModelSlot(model, sample_input((1, 8, 8), torch.float32))
     reloader.slot = slot
-    live, weight = slot.model, slot.model.fc.weight
+    live = slot.model
+    assert isinstance(live, SmallNet)
+    weight = live.fc.weight
     newer = train_reference(seed=11)
     save_checkpoint(tmp_path, newer.model, epoch=2)
     assert reloader.poll_once()
-    assert slot.model is live and slot.model.fc.weight is weight  # same tensors, new values
+    assert slot.model is live and live.fc.weight is weight  # same tensors, new values
     assert checkpoint_info(live).epoch == 2
     with torch.no_grad():
         assert torch.equal(live(newer.inputs), newer.outputs)

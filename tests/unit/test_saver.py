@@ -7,6 +7,7 @@ import stat
 import sys
 import textwrap
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
 
 
 def test_wrappers_are_unwrapped(reference: Reference, tmp_path: Path) -> None:
-    compiled = torch.compile(reference.model)
+    compiled = cast(torch.nn.Module, torch.compile(reference.model))  # an OptimizedModule
     assert unwrap_model(compiled) is reference.model
     path = save_checkpoint(tmp_path, compiled, epoch=1)
     assert not any(
@@ -110,6 +111,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_in_a_real_two_process_job(tmp_path: Path) -> None:  # seed 9.7
     import subprocess
 

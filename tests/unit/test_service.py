@@ -84,7 +84,7 @@ def test_an_input_the_model_rejects_gets_422_and_the_rest_are_served() -> None:
 
 
 def test_the_model_is_asked_for_at_every_batch(reference: Reference) -> None:
-    current = {"model": reference.model}
+    current: dict[str, nn.Module] = {"model": reference.model}
     service = InferenceService(
         lambda: nullcontext(current["model"]),
         input_spec=InputSpec(shape=(1, 8, 8)),
@@ -93,7 +93,7 @@ def test_the_model_is_asked_for_at_every_batch(reference: Reference) -> None:
     )
     body = ({"instances": reference.inputs[:1].tolist()}, None)
     before = json.loads(service.infer([body])[0][0].body)
-    current["model"] = CountingModel(reference.model)
+    counting = current["model"] = CountingModel(reference.model)
     service.infer([body])
-    assert current["model"].batches == [1]
+    assert counting.batches == [1]
     assert before["predictions"]
