@@ -19,7 +19,7 @@ from torch import nn
 
 from serving.codecs import encode_error
 from serving.errors import CheckpointError, CkptServeError, ModelNotReadyError
-from serving.loader import CheckpointInfo, checkpoint_info, load_model
+from serving.loader import CheckpointInfo, load_model
 from serving.logs import (
     JsonFormatter,
     install_json_logs,
@@ -132,7 +132,7 @@ class ModelSession:
 
     def served_label(self) -> str | None:
         """``epoch=N@sha`` of the served checkpoint, for log lines (None while waiting)."""
-        return checkpoint_info(self.slot.model).label if self.slot is not None else None
+        return self.slot.info.label if self.slot is not None else None
 
     def infer(
         self, requests: Sequence[Request], request_ids: Sequence[str | None] = ()
@@ -142,8 +142,8 @@ class ModelSession:
         service = self.service
         if service is None:
             return self._not_ready(len(requests)), BatchReport()
-        scope = request_scope(str(i) for i in request_ids) if self._json_logs else contextlib.nullcontext()
-        with scope:
+        ids = [i for i in request_ids if i is not None]
+        with request_scope(ids) if self._json_logs else contextlib.nullcontext():
             replies, report = service.infer(requests)
         self.metrics.batch(report)
         if self._json_logs:  # structured logs go to a log store: there, one line per failed request pays off

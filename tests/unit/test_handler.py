@@ -12,18 +12,21 @@ from typing import Any
 import pytest
 import torch
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+import serving
 from handlers.checkpoint_handler import LOAD_ERROR_MARKER, CheckpointHandler
 from serving.errors import CheckpointNotFoundError
 from serving.loader import sha256_of
 from tests.conftest import Reference
 from tests.unit.test_session import ARCH, DEADLINE_S, predictions, write_checkpoint
 
+METRICS_YAML = Path(serving.__file__).parent / "torchserve" / "metrics.yaml"  # what ckptserve serve passes
 JSON_HEADERS = {"Content-Type": "application/json"}
 DESCRIBE_JOB: dict[str, Any] = {}  # the management API's describe: no parameters, a "describe" header
 
 
-def _context(model_dir: Path, handler: dict[str, Any], **top: Any) -> Context:
+def _context(model_dir: Path, handler: dict[str, Any], registered: str = "digits", **top: Any) -> Context:
     yaml = {
         "minWorkers": 1,
         "maxWorkers": 1,
@@ -31,7 +34,7 @@ def _context(model_dir: Path, handler: dict[str, Any], **top: Any) -> Context:
         "handler": {"architecture": ARCH, "input": {"shape": [1, 8, 8]}, **handler},
     }
     manifest = {"model": {"modelName": "digits", "modelVersion": "2.0", "handler": "checkpoint_handler.py"}}
-    return Context("digits", str(model_dir), manifest, 8, None, "0.12.0", model_yaml_config=yaml)
+    return Context(registered, str(model_dir), manifest, 8, None, "0.12.0", model_yaml_config=yaml)
 
 
 def _batch(context: Context, jobs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -159,3 +162,25 @@ def test_startup_timeout_bounds_the_wait_for_files_still_being_written(
     starting.join(DEADLINE_S)
     assert not starting.is_alive() and handler.initialized
     assert handler.describe()["checkpoint"]["epoch"] == 1
+
+
+def test_metrics_go_to_torchserves_frontend_labelled_with_the_registered_name(
+    reference: Reference, tmp_path: Path, handler: CheckpointHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_checkpoint(tmp_path / "model.pth", reference.model, epoch=3)
+    context = _context(tmp_path, {"checkpoint": "model.pth"}, registered="digits-canary")
+    context.metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
+    context.metrics.initialize_cache()  # what each worker does with the config TorchServe passes it
+    with caplog.at_level(logging.INFO):
+        handler.initialize(context)
+        rows = _batch(context, [(_json(reference.inputs[:3]), JSON_HEADERS)])
+        handler.handle(rows, context)
+        assert handler.session is not None
+        handler.session.close()  # flushes what is pending
+    lines = [
+        line for r in caplog.records for line in r.getMessage().splitlines() if line.startswith("[METRICS]")
+    ]
+    assert "declared with dimensions" not in caplog.text
+    assert any(line.startswith("[METRICS]ckptserve_worker_starts_total.") for line in lines), lines
+    (batch,) = [line for line in lines if line.startswith("[METRICS]ckptserve_batch_size.")]
+    assert ":3.0|#ModelName:digits-canary,Level:Model|#type:HISTOGRAM" in batch, batch
