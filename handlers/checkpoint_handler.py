@@ -1,33 +1,24 @@
 """TorchServe custom handler: a thin adapter from TorchServe's worker API to ckptserve's ``serving`` package.
 
 The only module that knows TorchServe: it reads the worker's context (model_dir, gpu_id, the
-model-config.yaml), builds the model through ``serving``, and maps replies back to per-request
-statuses and content types. Everything else lives in ``serving/``.
+model-config.yaml), opens a ``serving.session.ModelSession`` with it, and maps the session's replies
+back to per-request statuses, headers and content types. Everything else lives in ``serving/``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from serving.codecs import encode_error
-from serving.errors import CheckpointError, CkptServeError, ModelNotReadyError
-from serving.loader import checkpoint_info, load_model
-from serving.logs import JsonFormatter, install_json_logs, log_failed_requests, request_scope
-from serving.metrics import ALL, Emit, HandlerMetrics, Observation
-from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
-from serving.reload.watcher import Rejection
-from serving.service import InferenceService
-from serving.spec import ModelSpec, missing_checkpoint_error, parse_spec
-from serving.threads import apply_threads, plan_threads
+from serving.errors import CkptServeError
+from serving.loader import checkpoint_info
+from serving.metrics import ALL, Emit, Observation
+from serving.session import ModelSession, gpu_count
+from serving.spec import parse_spec
+from serving.threads import plan_threads
 from serving.wire import BATCH_HEADER, BATCH_REQUESTS_HEADER, CHECKPOINT_HEADER, LOAD_ERROR_MARKER
 
 log = logging.getLogger("ckptserve.handler")
@@ -36,27 +27,20 @@ log = logging.getLogger("ckptserve.handler")
 startup_log = logging.getLogger()
 # Metric lines for TorchServe's frontend: outside "ckptserve", so json_logs never reformats them.
 _metric_lines = logging.getLogger("ts.metrics.ckptserve")
+DEFAULT_STARTUP_TIMEOUT_S = 120.0  # TorchServe 0.12.0's ModelConfig.startupTimeout
 
 
 class CheckpointHandler:
-    """One instance per TorchServe worker process."""
+    """One instance per TorchServe worker process: translates its context to a ModelSession and back."""
 
     def __init__(self) -> None:
         self.initialized = False
-        self.spec: ModelSpec | None = None
-        self.service: InferenceService | None = None
-        self.slot: ModelSlot | None = None
-        self.reloader: Reloader | None = None
-        self.threads = 1
-        self.metrics = HandlerMetrics(None, "model")
-        self.json_logs = False
-
-    # --- TorchServe entry points ----------------------------------------------------------------
+        self.session: ModelSession | None = None
 
     def initialize(self, context: Any) -> None:
         _quiet_per_batch_log()
         try:
-            self._initialize(context)
+            self.session = _open_session(context)
         except CkptServeError as err:
             # ckptserve serve reads this line from the worker log to fail fast with the real reason.
             startup_log.error(
@@ -66,240 +50,78 @@ class CheckpointHandler:
         except Exception as exc:
             startup_log.exception("%s %s: %s", LOAD_ERROR_MARKER, type(exc).__name__, exc)
             raise
+        self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         # Only the management API's describe job is answered with describe, never a client's
         # "describe" header (see _is_describe); the rest of a batch is served as usual.
+        assert self.session is not None, "handle() before initialize()"
         describe = {idx for idx, row in enumerate(data) if _is_describe(context, idx, row)}
-        if describe:
-            answers = self._infer([row for i, row in enumerate(data) if i not in describe], context, describe)
-            return [self.describe() if i in describe else answers.pop(0) for i in range(len(data))]
-        return self._infer(data, context, set())
-
-    def _infer(self, data: list[dict[str, Any]], context: Any, skipped: set[int]) -> list[Any]:
-        if not data:
-            return []
         # Positions in TorchServe's batch (its per-request status slots) of the rows we serve.
-        slots = [i for i in range(len(data) + len(skipped)) if i not in skipped]
-        if self.service is None:
-            return self._not_ready(context, slots)
+        slots = [idx for idx in range(len(data)) if idx not in describe]
+        answers = self._infer([data[idx] for idx in slots], slots, context) if slots else []
+        if not describe:
+            return answers
+        return [self.describe() if idx in describe else answers.pop(0) for idx in range(len(data))]
+
+    def describe(self) -> dict[str, Any]:
+        """Shown as ``customizedMetadata`` by ``GET /models/NAME?customized=true``."""
+        assert self.session is not None, "describe() before initialize()"
+        return self.session.describe()
+
+    def _infer(self, data: list[dict[str, Any]], slots: list[int], context: Any) -> list[bytes]:
+        assert self.session is not None
         requests = [
-            (_body(row), _content_type(context, slot, row)) for slot, row in zip(slots, data, strict=True)
+            (_body(row), _content_type(context, idx, row)) for idx, row in zip(slots, data, strict=True)
         ]
-        with self._log_scope(context):
-            replies, report = self.service.infer(requests)
-        self.metrics.batch(report)
-        if self.json_logs:  # structured logs go to a log store: there, one line per failed request pays off
-            log_failed_requests(log, [context.get_request_id(i) for i in slots], replies)
-        served_by = _checkpoint_label(report.model)
+        replies, report = self.session.infer(requests, [context.get_request_id(idx) for idx in slots])
+        ran = report.model is not None  # no model runs while the worker waits for its first checkpoint
+        served_by = checkpoint_info(report.model).label if report.model is not None else ""
         instances, grouped = str(report.batch_size), str(len(slots))
         for idx, reply in zip(slots, replies, strict=True):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
-            context.set_response_header(idx, BATCH_HEADER, instances)
-            context.set_response_header(idx, BATCH_REQUESTS_HEADER, grouped)
+            if ran:
+                context.set_response_header(idx, BATCH_HEADER, instances)
+                context.set_response_header(idx, BATCH_REQUESTS_HEADER, grouped)
             if served_by:
                 context.set_response_header(idx, CHECKPOINT_HEADER, served_by)
         return [reply.body for reply in replies]
 
-    def _not_ready(self, context: Any, slots: list[int]) -> list[Any]:
-        """503 for every request while the worker waits for its first checkpoint."""
-        assert self.reloader is not None, "handle() before initialize()"
-        rejected = self.reloader.status.recent_rejections
-        error = ModelNotReadyError(
-            f"No checkpoint is served yet: waiting for the first one in {str(self.reloader.watch_dir)!r}"
-            + (f"; rejected: {_rejections(rejected)}" if rejected else "."),
-            hint="Let training write a checkpoint there; it is served within one poll interval.",
-        )
-        body = encode_error(error)
-        for idx in slots:
-            context.set_response_status(error.http_status, type(error).__name__, idx)
-            context.set_response_content_type(idx, "application/json")
-        return [body for _ in slots]
 
-    # --- describe -------------------------------------------------------------------------------
-
-    def describe(self) -> dict[str, Any]:
-        """Shown as ``customizedMetadata`` by ``GET /models/NAME?customized=true``."""
-        assert self.spec is not None
-        if self.slot is None:  # waiting for the first checkpoint: not ready
-            assert self.reloader is not None
-            return {
-                "state": "waiting",
-                "waiting_for": str(self.reloader.watch_dir),
-                "checkpoint": None,
-                "reload": self.reloader.status.to_dict(),
-                "input": self._input(),
-                "pid": os.getpid(),
-            }
-        info = self.slot.info
-        return {
-            "state": "serving",
-            "checkpoint": {k: v for k, v in info.to_dict().items() if k != "metadata"},
-            "checkpoint_metadata": info.metadata,
-            "reload": self.reloader.status.to_dict() if self.reloader else None,
-            "input": self._input(),
-            "outputs": self._outputs(),
-            "postprocess": self.spec.postprocess.kind,
-            "threads": self.threads,
-            "pid": os.getpid(),
-        }
-
-    def _input(self) -> dict[str, Any]:
-        assert self.spec is not None
-        return {
-            "name": self.spec.input.name,
-            "shape": list(self.spec.input.shape),
-            "dtype": str(self.spec.input.dtype).removeprefix("torch."),
-        }
-
-    def _outputs(self) -> list[dict[str, Any]]:
-        """OIP outputs of one request (batch axis -1), for the gRPC gateway's ModelMetadata."""
-        assert self.spec is not None and self.slot is not None
-        post, per_instance = self.spec.postprocess, list(self.slot.output_shape[1:])
-        if post.kind == "topk":
-            k = min(post.k, per_instance[-1])
-            kinds = {"topk_indices": "INT64", "topk_scores": "FP32", "topk_labels": "BYTES"}
-            names = list(kinds) if post.labels else list(kinds)[:2]
-            return [{"name": n, "datatype": kinds[n], "shape": [-1, k]} for n in names]
-        if -1 in self.spec.input.shape:  # the warm-up sample fixed -1 axes to 1: sizes may vary
-            per_instance = [-1] * len(per_instance)
-        # Floating outputs are served as float32 (serving.service casts them).
-        return [{"name": post.output_name, "datatype": "FP32", "shape": [-1, *per_instance]}]
-
-    # --- start-up -------------------------------------------------------------------------------
-
-    def _initialize(self, context: Any) -> None:
-        props = context.system_properties
-        model_dir = props.get("model_dir") or "."
-        yaml_config = getattr(context, "model_yaml_config", None) or {}
-        self.spec = spec = parse_spec(yaml_config.get("handler"), model_dir=model_dir)
-        manifest = getattr(context, "manifest", None) or {}
-        model_name = manifest.get("model", {}).get("modelName") or getattr(context, "model_name", "model")
+def _open_session(context: Any) -> ModelSession:
+    """What TorchServe's context says, as ModelSession.open takes it."""
+    props = context.system_properties
+    model_dir = props.get("model_dir") or "."
+    yaml_config = getattr(context, "model_yaml_config", None) or {}
+    spec = parse_spec(yaml_config.get("handler"), model_dir=model_dir)
+    model = (getattr(context, "manifest", None) or {}).get("model", {})
+    model_name = model.get("modelName") or getattr(context, "model_name", "model")
+    ts_metrics = getattr(context, "metrics", None)
+    gpu_id = props.get("gpu_id")
+    return ModelSession.open(
+        spec,
+        model_dir=model_dir,
+        gpu_id=gpu_id,
+        model_name=model_name,
+        model_version=model.get("modelVersion"),
         # Metrics are labelled with the name TorchServe registered, as its own metrics are.
-        registered = getattr(context, "model_name", None) or model_name
-        if spec.json_logs:
-            self.json_logs = True
-            install_json_logs(JsonFormatter(registered, self._served_checkpoint))
-        ts_metrics = getattr(context, "metrics", None)
-        self.metrics = HandlerMetrics(
-            _torchserve_emit(ts_metrics) if spec.metrics and ts_metrics is not None else None, registered
-        )
-        # Each worker is its own process: torch's default (all cores each) makes workers fight.
-        plan = plan_threads(yaml_config, threads=spec.threads, gpus=_gpu_count(props.get("gpu_id")))
-        apply_threads(plan)
-        self.threads = plan.intra_op
-        log.info("threads: %s", plan.to_dict())
-        started = time.perf_counter()
-        gpu_id = props.get("gpu_id")
-        sample = sample_input(spec.input.shape, spec.input.dtype)
+        metrics_name=getattr(context, "model_name", None) or model_name,
+        emit=_torchserve_emit(ts_metrics) if spec.metrics and ts_metrics is not None else None,
+        # TorchServe starts minWorkers workers of this model (the yaml's top level): they share the CPUs.
+        threads=plan_threads(yaml_config, threads=spec.threads, gpus=gpu_count(gpu_id)),
+        startup_budget_s=_startup_timeout_s(yaml_config),
+    )
 
-        def load(path: Path, sha256: str | None = None) -> torch.nn.Module:
-            return load_model(
-                spec.architecture,
-                path,
-                architecture_kwargs=spec.architecture_kwargs,
-                device=spec.device,
-                gpu_id=gpu_id,
-                dtype=spec.dtype,
-                strict=spec.strict,
-                trust_pickle=spec.trust_pickle,
-                state_dict_key=spec.state_dict_key,
-                safe_globals=spec.safe_globals,
-                search_paths=[model_dir],
-                sha256=sha256,
-            )
 
-        model = None
-        if spec.reload.watch_dir is not None:
-            self.reloader = Reloader(spec, load, self._on_reload)
-            model = self.reloader.initial_model(lambda m: _gate(m, sample))
-            configured = spec.checkpoint is not None and spec.checkpoint.exists()
-            if model is None and not configured and not self.reloader.status.rejected:
-                # Training has written nothing yet. Waiting here would outlast TorchServe's start-up
-                # timeout (it kills the worker): return now, answer 503, and let the reloader's
-                # thread serve the first checkpoint that lands.
-                log.info("waiting for the first checkpoint in %s", spec.reload.watch_dir)
-                self.reloader.start_waiting(
-                    lambda m: _gate(m, sample),
-                    lambda m: self._serve(m, sample, model_name, manifest, started),
-                )
-                self.initialized = True
-                return
-        if model is None:
-            model = self._fallback(load)
-        slot = self._serve(model, sample, model_name, manifest, started)
-        if self.reloader is not None:
-            self.reloader.start(slot)
-        self.initialized = True
-
-    def _serve(
-        self, model: torch.nn.Module, sample: torch.Tensor, model_name: str, manifest: Any, started: float
-    ) -> ModelSlot:
-        """Warm ``model`` up and make it the served one (at start-up, or when the first checkpoint lands)."""
-        assert self.spec is not None
-        slot = ModelSlot(model, sample)
-        service = InferenceService(
-            slot.use,
-            input_spec=self.spec.input,
-            postprocess=self.spec.postprocess,
-            model_name=model_name,
-            model_version=manifest.get("model", {}).get("modelVersion"),
-        )
-        self._warm_up(service)
-        self.slot, self.service = slot, service  # the service last: handle() serves once it is set
-        info = slot.info
-        log.info(
-            "ready: %r (epoch %s, sha256 %s) on %s, %d thread(s), %.2fs%s",
-            info.path,
-            info.epoch,
-            info.sha256[:12],
-            info.device,
-            self.threads,
-            time.perf_counter() - started,
-            f", watching {self.spec.reload.watch_dir}" if self.reloader else "",
-        )
-        self.metrics.started(info, reloads=self.reloader is not None)
-        return slot
-
-    def _on_reload(self, result: str, seconds: float) -> None:
-        # Called by the reloader's thread after each attempt; after a success the slot holds the new model.
-        self.metrics.reloaded(result, seconds, self.slot.info if self.slot and result == "success" else None)
-
-    def _served_checkpoint(self) -> str | None:
-        return _checkpoint_label(self.slot.model) if self.slot is not None else None
-
-    def _log_scope(self, context: Any) -> contextlib.AbstractContextManager[None]:
-        if not self.json_logs:
-            return contextlib.nullcontext()
-        ids = getattr(context, "request_ids", None) or {}
-        return request_scope(ids.values() if isinstance(ids, dict) else [ids])
-
-    def _fallback(self, load: Any) -> torch.nn.Module:
-        """The configured checkpoint, when no watched one is usable (or nothing is watched)."""
-        assert self.spec is not None
-        if self.spec.checkpoint is not None and (self.reloader is None or self.spec.checkpoint.exists()):
-            if not self.spec.checkpoint.exists():
-                raise missing_checkpoint_error(self.spec)
-            return load(self.spec.checkpoint)
-        rejected = self.reloader.status.recent_rejections if self.reloader else []
-        raise CheckpointError(
-            f"No valid checkpoint in {str(self.spec.reload.watch_dir)!r}: rejected: {_rejections(rejected)}",
-            hint="Fix what the rejections name, or let training write a valid checkpoint there.",
-        )
-
-    def _warm_up(self, service: InferenceService) -> None:
-        # One forward at start-up: first-call costs are paid here, and a model that cannot run its
-        # declared input shape fails now, with the reason, instead of on the first request.
-        assert self.spec is not None
-        shape = [1, *(d if d > 0 else 1 for d in self.spec.input.shape)]
-        sample = torch.zeros(shape, dtype=self.spec.input.dtype)
-        reply = service.infer([({"instances": sample.tolist()}, "application/json")])[0][0]
-        if reply.error is not None:
-            raise CkptServeError(
-                f"The warm-up forward on input shape {shape} failed: {reply.error.message}",
-                hint="Check handler.input.shape in model-config.yaml against the architecture.",
-            )
+def _startup_timeout_s(yaml_config: dict[str, Any]) -> float:
+    """TorchServe kills a worker whose initialize() outlasts the yaml's startupTimeout (default 120 s;
+    0.12.0 keeps the default for a value that is not a positive number)."""
+    try:
+        seconds = int(yaml_config.get("startupTimeout", DEFAULT_STARTUP_TIMEOUT_S))
+    except (TypeError, ValueError):
+        return DEFAULT_STARTUP_TIMEOUT_S
+    return float(seconds) if seconds > 0 else DEFAULT_STARTUP_TIMEOUT_S
 
 
 def _torchserve_emit(ts_metrics: Any) -> Emit:
@@ -338,26 +160,6 @@ def _torchserve_emit(ts_metrics: Any) -> Emit:
         )
 
     return emit
-
-
-def _rejections(rejected: Sequence[Rejection]) -> str:
-    return "; ".join(f"{Path(r.path).name}: {r.reason}" for r in rejected)
-
-
-def _gpu_count(gpu_id: Any) -> int:
-    # TorchServe's default starts one worker per GPU when it sees any (gpu_id is None on CPU).
-    return torch.cuda.device_count() if gpu_id is not None else 0
-
-
-def _gate(model: torch.nn.Module, sample: torch.Tensor) -> None:
-    check_weights_finite(model.state_dict())
-    check_forward(model, model, sample, None)
-
-
-def _checkpoint_label(model: torch.nn.Module | None) -> str:
-    if model is None:
-        return ""
-    return checkpoint_info(model).label
 
 
 # Headers only a client or TorchServe's inference routes put on a job (0.12.0, InferenceRequestHandler

@@ -57,7 +57,7 @@ class BatchReport:
     postprocess: float = 0.0
     batch_size: int = 0  # instances in the forward passes
     errors: list[str] = field(default_factory=list)  # error type names, one per failed request
-    model: nn.Module | None = None  # the model that ran this batch
+    model: nn.Module | None = None  # the model that ran this batch; None: none did (none is served yet)
 
 
 class InferenceService:

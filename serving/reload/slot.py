@@ -117,11 +117,16 @@ class ModelSlot:
     ``copy_in``. A batch always finishes on the model it started with.
     """
 
-    def __init__(self, model: nn.Module, sample: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, sample: torch.Tensor, output_shape: tuple[int, ...] | None = None
+    ) -> None:
+        """``output_shape``: what the caller's gate measured on ``sample`` (None: measured here)."""
         self._model = model
         self._sample = sample
         self._lock = threading.Lock()  # only an in-place copy needs batches to wait
-        self.output_shape = check_forward(model, model, sample, None)
+        self.output_shape = (
+            check_forward(model, model, sample, None) if output_shape is None else output_shape
+        )
 
     @property
     def model(self) -> nn.Module:

@@ -80,15 +80,18 @@ class Reloader:
 
     # --- start-up -------------------------------------------------------------------------------
 
-    def initial_model(self, sample_check: Callable[[nn.Module], None]) -> nn.Module | None:
+    def initial_model(
+        self, sample_check: Callable[[nn.Module], None], *, settle_s: float | None = None
+    ) -> nn.Module | None:
         """The best valid checkpoint in the directory now (by policy), or None if there is none yet.
 
-        Files still being written get one poll interval to settle; invalid ones are rejected and the
-        next best is tried, so a server never starts on a broken checkpoint when a good one exists.
+        Files still being written get ``settle_s`` (default one poll interval) to settle; invalid ones
+        are rejected and the next best is tried, so a server never starts on a broken checkpoint when
+        a good one exists.
         """
         candidates = self._scanner.scan()
         if self._unsettled(candidates):
-            time.sleep(self.spec.reload.poll_interval_s)
+            time.sleep(self.spec.reload.poll_interval_s if settle_s is None else settle_s)
             candidates = self._scanner.scan()
         ranking = self._rank(candidates)
         for candidate in ranking.ordered:
