@@ -30,9 +30,10 @@ from serving.logs import (
 from serving.metrics import Emit, HandlerMetrics
 from serving.reload import ModelSlot, Reloader, check_forward, check_weights_finite, sample_input
 from serving.reload.watcher import Rejection
-from serving.service import JSON, BatchReport, InferenceService, Reply
+from serving.service import BatchReport, InferenceService, Reply
 from serving.spec import ModelSpec, missing_checkpoint_error
 from serving.threads import ThreadPlan, apply_threads, plan_threads
+from serving.wire import JSON_TYPE
 
 # The worker's own lines ("ready: ...", "request failed: ...") keep the logger name that log queries
 # (and the JSON-log test) select them by, whichever runtime hosts the session.
@@ -159,7 +160,7 @@ class ModelSession:
             hint="Let training write a checkpoint there; it is served within one poll interval.",
         )
         body = encode_error(error)
-        return [Reply(body, JSON, error.http_status, error) for _ in range(count)]
+        return [Reply(body, JSON_TYPE, error.http_status, error) for _ in range(count)]
 
     def close(self) -> None:
         """Stop the reloader and the metrics reporter (after a last flush); undo JSON logs."""
@@ -310,7 +311,7 @@ class ModelSession:
         # fails start-up with the reason, and first-request costs are paid before the first client.
         shape = [1, *(d if d > 0 else 1 for d in self.spec.input.shape)]
         sample = torch.zeros(shape, dtype=self.spec.input.dtype)
-        reply = service.infer([({"instances": sample.tolist()}, JSON)])[0][0]
+        reply = service.infer([({"instances": sample.tolist()}, JSON_TYPE)])[0][0]
         if reply.error is not None:
             raise CkptServeError(
                 f"The warm-up forward on input shape {shape} failed: {reply.error.message}",

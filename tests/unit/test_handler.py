@@ -15,9 +15,10 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import serving
-from handlers.checkpoint_handler import LOAD_ERROR_MARKER, CheckpointHandler
+from handlers.checkpoint_handler import CheckpointHandler
 from serving.errors import CheckpointNotFoundError
-from serving.loader import sha256_of
+from serving.files import sha256_of
+from serving.wire import LOAD_ERROR_MARKER
 from tests.conftest import Reference
 from tests.unit.test_session import ARCH, DEADLINE_S, predictions, write_checkpoint
 
