@@ -207,5 +207,6 @@ def _content_type(context: Any, idx: int, row: dict[str, Any]) -> str | None:
     headers = context.get_all_request_header(idx) or {}
     for key in ("data", "body"):
         if key in row and isinstance(headers.get(key), dict):
-            return headers[key].get("content-type")
+            content_type: str | None = headers[key].get("content-type")
+            return content_type
     return headers.get("Content-Type") or headers.get("content-type")

@@ -67,7 +67,7 @@ def error_from_body(body: bytes | bytearray) -> CkptServeError | None:
 
 def error_from_rpc(exc: grpc.RpcError, target: str) -> CkptServeError:
     """A typed error for a failed call to TorchServe (or to the gateway) at ``target``."""
-    return error_from_status(exc.code(), exc.details() or "", target)  # type: ignore[attr-defined]
+    return error_from_status(exc.code(), exc.details() or "", target)
 
 
 def error_from_status(code: grpc.StatusCode | int, details: str, target: str) -> CkptServeError:

@@ -33,4 +33,5 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inputs are raw scikit-learn pixel values, 0..16; scaling here keeps clients simple.
-        return self.classifier(self.features(x / 16.0))
+        logits: torch.Tensor = self.classifier(self.features(x / 16.0))
+        return logits

@@ -38,7 +38,7 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split
 def accuracy(model: nn.Module, split: Split) -> float:
     model.eval()
     with torch.no_grad():
-        return (model(split[0]).argmax(1) == split[1]).float().mean().item()
+        return float((model(split[0]).argmax(1) == split[1]).float().mean().item())
 
 
 def train(
@@ -60,7 +60,7 @@ def train(
     for epoch in range(start_epoch, start_epoch + epochs):
         model.train()
         total = 0.0
-        for batch in torch.randperm(len(y)).split(64):
+        for batch in torch.split(torch.randperm(len(y)), 64):
             optimizer.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from serving.errors import CkptServeError, RequestError
 from serving.wire import JSON_TYPE, NPY_MAGIC, NPY_TYPE
@@ -170,7 +171,12 @@ def _predict_grpc(args: argparse.Namespace, body: bytes, content_type: str) -> i
     return 1 if error_from_body(data) is not None else 0
 
 
-def _credentials(args: argparse.Namespace) -> dict[str, str | None]:
+class Credentials(TypedDict):
+    token: str | None
+    key_file: str | None
+
+
+def _credentials(args: argparse.Namespace) -> Credentials:
     """--token, else $CKPTSERVE_TOKEN, else --key-file, else a local server's key file in --runtime-dir."""
     key_file = args.key_file
     if key_file is None:

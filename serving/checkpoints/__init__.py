@@ -3,7 +3,8 @@
 from serving.checkpoints.keys import KeyAlignment, align_keys, fingerprint, shape_map
 from serving.checkpoints.layout import Layout, detect_layout
 from serving.checkpoints.reader import CheckpointContents, read_checkpoint
-from serving.checkpoints.saver import atomic_write, prune_checkpoints, save_checkpoint, unwrap_model
+from serving.checkpoints.saver import prune_checkpoints, save_checkpoint, unwrap_model
+from serving.files import atomic_write
 
 __all__ = [
     "CheckpointContents",

@@ -7,7 +7,8 @@
 from serving.client.aio_http import AsyncHttpClient
 from serving.client.common import InferResult
 from serving.client.grpc import AsyncGrpcClient, GrpcClient
-from serving.client.http import HttpClient, ServerReplyError
+from serving.client.http import HttpClient
+from serving.errors import ServerReplyError
 
 __all__ = [
     "AsyncGrpcClient",

@@ -9,9 +9,10 @@ import numpy as np
 from serving.codecs.base import Body, Codec, DecodedRequest, ModelRef, NamedOutputs, Protocol
 from serving.codecs.checks import HINT_V1, check_count, first_misfit, fmt, nested_shape, shape_ok, to_tensor
 from serving.codecs.config import InputSpec
-from serving.codecs.jsontext import JSON_TYPE, dumps, is_json_media, json_error
+from serving.codecs.jsontext import dumps, is_json_media, json_error
 from serving.codecs.postprocess import ranking_rows, single
 from serving.errors import CkptServeError, RequestError
+from serving.wire import JSON_TYPE
 
 
 def predictions_reply(outputs: NamedOutputs) -> tuple[bytes, str]:

@@ -12,9 +12,10 @@ from serving.codecs.base import Body, Codec, DecodedRequest, ModelRef, NamedOutp
 from serving.codecs.checks import HINT_V1, check_count, first_misfit, shape_ok, to_tensor
 from serving.codecs.config import InputSpec
 from serving.codecs.datatypes import NUMERIC, TYPES
-from serving.codecs.jsontext import JSON_TYPE, dumps, is_json_media, json_error
+from serving.codecs.jsontext import dumps, is_json_media, json_error
 from serving.codecs.torch_dtypes import OIP_OF_TORCH
 from serving.errors import CkptServeError, RequestError
+from serving.wire import JSON_TYPE
 
 _HINT_V2 = 'send {"inputs": [{"name", "shape": [n, ...], "datatype": "FP32", "data": [...]}]}'
 

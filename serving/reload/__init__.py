@@ -1,9 +1,9 @@
 """Hot reload: watch a directory, choose a checkpoint by policy, validate it, swap it in atomically."""
 
+from serving.errors import CandidateRejected
 from serving.reload.candidates import Candidate, Scanner, number_in_name
 from serving.reload.policy import rank
 from serving.reload.slot import (
-    CandidateRejected,
     ModelSlot,
     check_forward,
     check_weights_finite,

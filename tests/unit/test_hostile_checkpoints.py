@@ -19,13 +19,14 @@ from serving.app.cli import main
 from serving.checkpoints.summary import summarize
 from serving.errors import (
     ArchitectureMismatchError,
+    CandidateRejected,
     CheckpointError,
     CkptServeError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
 from serving.reload import ModelSlot, Reloader, sample_input
-from serving.reload.slot import CandidateRejected, check_same_model
+from serving.reload.slot import check_same_model
 from serving.spec import parse_spec
 from tests.assets.archs import SmallNet
 from tests.assets.hostile import SECRET, Hostile

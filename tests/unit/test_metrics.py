@@ -23,9 +23,10 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.checkpoint_handler import _torchserve_emit
 from serving import checkpoint_info, errors, load_model, metrics, save_checkpoint
+from serving.errors import ModelFailedError
 from serving.loader import CheckpointInfo
 from serving.metrics import ALL, HandlerMetrics, MetricDef
-from serving.service import BatchReport, ModelFailedError
+from serving.service import BatchReport
 from serving.torchserve.server import METRICS_CONFIG
 
 Sent = list[tuple[str, float, tuple[str, ...]]]

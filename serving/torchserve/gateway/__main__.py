@@ -47,7 +47,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if args.watch_pgid:
         waiters.append(asyncio.ensure_future(_group_gone(args.watch_pgid)))
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -207,7 +207,7 @@ def _outputs(answer: bytes, sig: Signature) -> dict[str, np.ndarray]:
         rows = json.loads(answer)["predictions"]
         indices = np.array([[entry["index"] for entry in row] for row in rows], dtype=np.int64)
         scores = np.array([[entry["score"] for entry in row] for row in rows], dtype=np.float32)
-        outputs = {
+        outputs: dict[str, np.ndarray] = {
             "topk_indices": indices.reshape(len(rows), -1),
             "topk_scores": scores.reshape(len(rows), -1),
         }

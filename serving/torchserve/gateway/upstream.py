@@ -113,7 +113,7 @@ class TorchServeUpstream:
             reply = await self._describe(request, timeout=timeout, metadata=self._auth("management"))
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"TorchServe's management API at {self.management_target}") from None
-        described = json.loads(reply.msg)
+        described: list[dict[str, Any]] = json.loads(reply.msg)
         if not described:
             raise CkptServeError(f"TorchServe described model {model!r} as an empty list")
         return described[0]
@@ -143,7 +143,7 @@ class TorchServeUpstream:
         except grpc.RpcError:
             return False
         try:
-            return json.loads(reply.health).get("status") == "Healthy"
+            return bool(json.loads(reply.health).get("status") == "Healthy")
         except (ValueError, AttributeError):
             return False
 
