@@ -233,7 +233,8 @@ def test_a_server_started_before_training_waits_for_the_first_checkpoint(
     )
     serve = start_serve(store)
     up(serve)
-    assert serve.printed(f"waiting for the first checkpoint in {watch}"), serve.output()
+    # serve prints the waiting line after a describe round trip to the worker, maybe after the endpoints.
+    wait_for("the waiting line", lambda: serve.printed(f"waiting for the first checkpoint in {watch}"))
     rt = str(serve.runtime_dir)
 
     def status() -> dict[str, Any]:
