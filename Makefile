@@ -30,7 +30,7 @@ test: lint
 ifeq ($(COVERAGE),0)
 	$(PY) -m pytest
 else
-	rm -rf $(COV_DIR) && mkdir -p $(COV_DIR)
+	rm -rf $(COV_DIR)  # data files of an interrupted run would join this one
 	$(PY) -m coverage run -m pytest; tests=$$?; \
 	$(PY) -m coverage combine -q; $(PY) -m coverage report; report=$$?; \
 	$(PY) -m coverage json -q --fail-under=0 -o $(COV_DIR)/coverage.json && $(PY) -c "$$COV_TOTALS" $(COV_DIR)/coverage.json; \
