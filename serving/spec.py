@@ -219,7 +219,7 @@ def labels_file(value: str, base: Path, where: str = "handler.postprocess.") -> 
     path = _resolve(value, base)
     if path.exists():
         return path
-    if path == base / value:
+    if path == base / value and not Path(value).is_absolute():  # base / an absolute path is that path
         raise ConfigError(
             f"{where}labels {value!r} is not in the archive (a relative path is read from inside it).",
             hint=f"Add the file with `--extra-files path/to/{Path(value).name}` (extra files land at the "

@@ -1,0 +1,142 @@
+"""Request decoding where a changed line would go unnoticed: never unpickling, the max_instances boundary."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from serving.client.common import decode_answer
+from serving.codecs import InputSpec, decode_request
+from serving.codecs.kserve_v1 import KServeV1Codec
+from serving.codecs.npy import NpyCodec
+from serving.codecs.oip_v2 import OipV2Codec
+from serving.codecs.registry import BODY_SLACK_BYTES, BYTES_PER_ELEMENT, max_body_bytes
+from serving.errors import CkptServeError, PayloadTooLargeError, RequestError
+from serving.torchserve.gateway.oip_gateway import _outputs
+from serving.torchserve.gateway.signature import Signature, TensorSpec
+
+SPEC = InputSpec(shape=(1, 2, 2), max_instances=2)
+
+
+class _Trace:
+    """Unpickling this object creates a directory: the trace that code in a request body ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (str(self.path),)
+
+
+def _pickled_npy(trace: Path) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([_Trace(trace)], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_the_pickled_body_is_armed(tmp_path: Path) -> None:
+    """The control: with pickles allowed this body runs its code (else the tests below prove nothing)."""
+    trace = tmp_path / "ran"
+    np.load(io.BytesIO(_pickled_npy(trace)), allow_pickle=True)
+    assert trace.is_dir()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-npy",
+        "application/octet-stream",
+        None,
+        "multipart/form-data",
+        "application/json",  # npy magic is read as npy whatever the JSON type says
+    ],
+)
+def test_a_pickled_request_body_is_never_unpickled(tmp_path: Path, content_type: str | None) -> None:
+    trace = tmp_path / "ran"
+    with pytest.raises(RequestError) as info:
+        decode_request(_pickled_npy(trace), content_type, SPEC)
+    assert not trace.exists(), "decoding the request ran code from its body"
+    assert type(info.value) is RequestError and info.value.http_status == 400
+    assert "cannot be read" in info.value.message and "no object arrays" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_no_decoder_unpickles_the_body_it_is_handed(tmp_path: Path, as_text: bool) -> None:
+    """Each codec alone, on the raw bytes or on them as the JSON text a worker may hand over."""
+    trace = tmp_path / "ran"
+    body = _pickled_npy(trace)
+    with pytest.raises(RequestError):
+        NpyCodec().decode(body, SPEC)
+    text = body.decode("latin-1")
+    for doc in ({"instances": [text]}, [text]):
+        with pytest.raises(RequestError):
+            KServeV1Codec().decode(doc if as_text else json.loads(json.dumps(doc)), SPEC)
+    oip = {"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [text]}]}
+    with pytest.raises(RequestError):
+        OipV2Codec().decode(oip, SPEC)
+    assert not trace.exists()
+
+
+def test_clients_never_unpickle_an_answer(tmp_path: Path) -> None:
+    """A hostile or broken server's pickled npy answer is an error for the client, never code it runs."""
+    trace = tmp_path / "ran"
+    with pytest.raises(CkptServeError, match="cannot be read"):
+        decode_answer(_pickled_npy(trace))
+    tensor = TensorSpec("output__0", "FP32", (-1, 10))
+    sig = Signature("digits", "1.0", TensorSpec("input__0", "FP32", (-1, 1, 2, 2)), (tensor,))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        _outputs(_pickled_npy(trace), sig)
+    assert not trace.exists()
+
+
+# --- max_instances: exactly the limit is served, one more is a 413 --------------------------------
+
+
+def _bodies(n: int) -> list[tuple[Any, str]]:
+    x = torch.arange(n * 4, dtype=torch.float32).reshape(n, 1, 2, 2)
+    buffer = io.BytesIO()
+    np.save(buffer, x.numpy())
+    data = x.reshape(-1).tolist()
+    oip = {"inputs": [{"name": "x", "shape": [n, 1, 2, 2], "datatype": "FP32", "data": data}]}
+    return [
+        (json.dumps({"instances": x.tolist()}).encode(), "application/json"),
+        (x.tolist(), "application/json"),
+        (json.dumps(oip).encode(), "application/json"),
+        (buffer.getvalue(), "application/x-npy"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["v1", "v1-list", "oip-v2", "npy"])
+def test_exactly_max_instances_is_served_one_more_is_413(index: int) -> None:
+    body, media = _bodies(SPEC.max_instances)[index]
+    decoded = decode_request(body, media, SPEC)
+    expected = torch.arange(8, dtype=torch.float32).reshape(2, 1, 2, 2)
+    assert torch.equal(decoded.instances, expected)
+    body, media = _bodies(SPEC.max_instances + 1)[index]
+    with pytest.raises(PayloadTooLargeError) as info:
+        decode_request(body, media, SPEC)
+    assert info.value.http_status == 413
+    assert "holds 3 instances" in info.value.message and "at most 2 per request" in info.value.message
+
+
+def test_the_body_size_limit_is_max_instances_times_elements_plus_slack() -> None:
+    spec = InputSpec(shape=(3, 5), max_instances=7)
+    limit = 7 * 15 * BYTES_PER_ELEMENT + BODY_SLACK_BYTES
+    assert (BYTES_PER_ELEMENT, BODY_SLACK_BYTES) == (64, 64 * 1024)
+    assert max_body_bytes(spec) == limit
+    assert max_body_bytes(InputSpec(shape=(3, -1))) is None
+    at_limit = b"[" + b" " * (limit - 2) + b"]"  # a body of exactly the limit is parsed (and found empty)
+    with pytest.raises(RequestError) as info:
+        decode_request(at_limit, "application/json", spec)
+    assert type(info.value) is RequestError and "zero instances" in info.value.message
+    with pytest.raises(PayloadTooLargeError) as too_big:
+        decode_request(at_limit + b" ", "application/json", spec)
+    assert f"the body has {limit + 1} bytes" in too_big.value.message
+    assert f"need at most {limit} bytes" in too_big.value.message
