@@ -207,6 +207,10 @@ def test_the_smallest_accepted_values(tmp_path: Path, change: dict[str, Any]) ->
         ),
         ({"policy": "pinned"}, "handler.policy is 'pinned' but pinned"),
         ({"architecture": 5}, "handler.architecture must be a string, got int 5."),
+        ({"checkpoint": 5}, "handler.checkpoint must be a string, got int 5."),
+        ({"state_dict_key": ["ema"]}, "handler.state_dict_key must be a string, got list ['ema']."),
+        ({"watch_dir": 5}, "handler.watch_dir must be a string, got int 5."),
+        ({"policy": "pinned", "pinned": 5}, "handler.pinned must be a string, got int 5."),
         ({"safe_globals": "a.B"}, "handler.safe_globals must be a list of strings, got 'a.B'."),
         ({"safe_globals": ["a.B", 1]}, "handler.safe_globals must be a list of strings"),
         ({"follow_symlinks": 1}, "handler.follow_symlinks must be true or false, got 1."),
@@ -231,6 +235,12 @@ def test_a_missing_checkpoint_and_unknown_keys_say_what_to_do(tmp_path: Path) ->
     assert caught.value.message == f"Unknown key(s) in {SOURCE} under handler: ['chekpoint', 'devcie']."
     assert "'checkpoint'" in (caught.value.hint or "") and "'poll_interval_s'" in (caught.value.hint or "")
     assert "'reload'" not in (caught.value.hint or "")  # a field of the spec, not a key of the file
+    with pytest.raises(ConfigError, match="dtype 'float8'") as caught:
+        parse_spec({**BASE, "input": {"shape": [1], "dtype": "float8"}}, model_dir=tmp_path)
+    assert (
+        caught.value.hint
+        == "Use one of ['bfloat16', 'bool', 'float16', 'float32', 'float64', 'int32', 'int64', 'uint8']."
+    )
     with pytest.raises(ConfigError, match="shape is missing") as caught:
         parse_spec({**BASE, "input": None}, model_dir=tmp_path)
     assert "input: {shape: [1, 8, 8], dtype: float32}" in (caught.value.hint or "")
