@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from serving.client.common import decode_answer
-from serving.codecs import InputSpec, decode_request
+from serving.codecs import InputSpec, decode_request, load_labels
 from serving.codecs.kserve_v1 import KServeV1Codec
 from serving.codecs.npy import NpyCodec
 from serving.codecs.oip_v2 import OipV2Codec
 from serving.codecs.registry import BODY_SLACK_BYTES, BYTES_PER_ELEMENT, max_body_bytes
-from serving.errors import CkptServeError, PayloadTooLargeError, RequestError
+from serving.errors import CkptServeError, ConfigError, PayloadTooLargeError, RequestError
 from serving.torchserve.gateway.oip_gateway import _outputs
 from serving.torchserve.gateway.signature import Signature, TensorSpec
 
@@ -140,3 +140,43 @@ def test_the_body_size_limit_is_max_instances_times_elements_plus_slack() -> Non
         decode_request(at_limit + b" ", "application/json", spec)
     assert f"the body has {limit + 1} bytes" in too_big.value.message
     assert f"need at most {limit} bytes" in too_big.value.message
+
+
+# --- class labels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message, hint",
+    [
+        ("{", "is not valid JSON", "fix the file"),
+        ('{"zero": "cat"}', "has a key that is not an integer index: ['zero']", 'use keys "0", "1", ...'),
+        (
+            '{"0": "cat", "2": "dog"}',
+            "has indices [0, 2]; expected 0..1, once each",
+            "number the classes from 0",
+        ),
+        # "1" and "01" name one index twice: refused, whatever the labels are (no comparison of them)
+        ('{"1": "a", "01": ["n", "b"], "0": "c"}', "has indices [0, 1, 1]", "number the classes from 0"),
+        ("5", "holds a int; expected an object or a list", 'write {"0": "cat"'),
+        ("[]", "is empty; expected one label per class", 'write {"0": "cat"'),
+        ('["cat", 3]', "entry 1 is 3; expected a string", 'write {"0": "cat"'),
+    ],
+)
+def test_bad_labels_files_say_what_is_wrong_and_what_to_write(
+    tmp_path: Path, text: str, message: str, hint: str
+) -> None:
+    path = tmp_path / "index_to_name.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_labels(path)
+    assert message in info.value.message and str(path) in info.value.message
+    assert hint in (info.value.hint or "")
+
+
+def test_labels_read_by_index_with_the_readable_name_last(tmp_path: Path) -> None:
+    path = tmp_path / "index_to_name.json"
+    path.write_text(json.dumps({"1": ["n02", "dog"], "0": ["n01", "tabby", "cat"], "2": "émeu"}))
+    assert load_labels(path) == ("cat", "dog", "émeu")
+    with pytest.raises(ConfigError) as info:
+        load_labels(tmp_path / "absent.json")
+    assert "cannot read labels file" in info.value.message and info.value.hint == "check the path"
