@@ -180,3 +180,45 @@ def test_labels_read_by_index_with_the_readable_name_last(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_labels(tmp_path / "absent.json")
     assert "cannot read labels file" in info.value.message and info.value.hint == "check the path"
+
+
+# --- npy: any byte order and memory layout numpy.save writes -------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["big-endian", "fortran", "big-endian fortran"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float64, torch.bool])
+def test_npy_in_any_byte_order_or_layout_decodes_to_the_same_values(layout: str, dtype: torch.dtype) -> None:
+    values = np.arange(16).reshape(2, 2, 4) % (2 if dtype == torch.bool else 16)
+    array = values.astype(str(dtype).removeprefix("torch."))
+    if "big-endian" in layout:
+        array = array.astype(array.dtype.newbyteorder(">"))
+    if "fortran" in layout:
+        array = np.asfortranarray(array)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    decoded = decode_request(buffer.getvalue(), "application/x-npy", InputSpec(shape=(2, 4), dtype=dtype))
+    assert decoded.instances.dtype == dtype and decoded.instances.is_contiguous()
+    assert decoded.instances.tolist() == values.astype(bool if dtype == torch.bool else int).tolist()
+
+
+@pytest.mark.parametrize(
+    "array, message, hint",
+    [
+        (np.array(["ab", "cd"]), "npy array has dtype <U2; expected a numeric one", "cast to float32"),
+        (
+            np.zeros((2, 3, 2, 2), np.float32),
+            "npy array has shape (2, 3, 2, 2); expected one instance (1, 2, 2)",
+            "reshape",
+        ),
+    ],
+)
+def test_npy_refusals_say_what_to_send(array: np.ndarray, message: str, hint: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with pytest.raises(RequestError) as info:
+        decode_request(buffer.getvalue(), "application/x-npy", SPEC)
+    assert message in info.value.message and hint in (info.value.hint or "")
+    with pytest.raises(RequestError) as info:
+        NpyCodec().decode(b"{}", SPEC)
+    assert "does not start with the npy magic" in info.value.message
+    assert info.value.hint == "send the bytes numpy.save writes"
