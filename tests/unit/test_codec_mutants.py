@@ -222,3 +222,105 @@ def test_npy_refusals_say_what_to_send(array: np.ndarray, message: str, hint: st
         NpyCodec().decode(b"{}", SPEC)
     assert "does not start with the npy magic" in info.value.message
     assert info.value.hint == "send the bytes numpy.save writes"
+
+
+# --- checks every codec applies: what is refused, at which value, and what the client is told -----
+
+
+def _refusal(body: Any, spec: InputSpec, media: str | None = "application/json") -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_request(body, media, spec)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high",
+    [(torch.int32, -(2**31), 2**31 - 1), (torch.uint8, 0, 255)],
+)
+def test_integer_inputs_are_taken_up_to_the_dtype_range_and_refused_past_it(
+    dtype: torch.dtype, low: int, high: int
+) -> None:
+    spec = InputSpec(shape=(2,), dtype=dtype)
+    assert decode_request({"instances": [[low, high]]}, None, spec).instances.tolist() == [[low, high]]
+    for outside in ([low - 1, 0], [0, high + 1]):
+        error = _refusal({"instances": [outside]}, spec)
+        assert f"outside {dtype}'s range [{low}, {high}]" in error.message
+        assert error.hint in ("send values the model's input dtype can hold", "use a wider datatype") or (
+            "integers within 64 bits" in error.message
+        )
+
+
+def test_an_integer_model_refuses_fractions_and_nan_naming_the_instance() -> None:
+    spec = InputSpec(shape=(2,), dtype=torch.int64)
+    assert decode_request({"instances": [[1.0, -2.0]]}, None, spec).instances.tolist() == [[1, -2]]
+    for bad in (0.5, float("nan"), float("inf")):
+        error = _refusal({"instances": [[1.0, 2.0], [3.0, bad]]}, spec)
+        assert error.message == "instance 1 holds non-integer values; this model expects torch.int64 inputs"
+        assert error.hint == "send whole numbers"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_non_finite_inputs_are_refused_naming_the_instance_unless_allowed(dtype: torch.dtype) -> None:
+    rows = [[1.0, 2.0], [3.0, 4.0], [5.0, float("nan")]]
+    error = _refusal(rows, InputSpec(shape=(2,), dtype=dtype))
+    assert error.message.startswith(f"instance 2 holds NaN or Infinity (or a number beyond {dtype}'s range)")
+    assert "set allow_nonfinite" in (error.hint or "")
+    allowed = decode_request(rows, None, InputSpec(shape=(2,), dtype=dtype, allow_nonfinite=True)).instances
+    assert allowed.dtype == dtype and bool(allowed[2, 1].isnan()) and allowed[0].tolist() == [1.0, 2.0]
+
+
+def test_a_float64_beyond_the_float32_range_is_refused_not_turned_into_infinity() -> None:
+    error = _refusal({"instances": [[1.0, 1e300]]}, InputSpec(shape=(2,)))
+    assert error.message.startswith("instance 0 holds NaN or Infinity")
+    kept = decode_request({"instances": [[1.0, 1e300]]}, None, InputSpec(shape=(2,), dtype=torch.float64))
+    assert kept.instances.tolist() == [[1.0, 1e300]]
+
+
+@pytest.mark.parametrize(
+    "instances, message, hint",
+    [
+        (
+            [[[1, 2], [3]]],
+            "instance 0 is ragged (nested lists of unequal length); expected (-1, 2) (-1 = any size)",
+            "send {",
+        ),
+        (
+            [[[1, 2]], [[1, 2, 3]]],
+            "instance 1 has shape (1, 3); expected (-1, 2) (-1 = any size)",
+            "each entry of",
+        ),
+        ([[[1, 2]], [[1, "x"]]], "instance 1 holds 'x' (str); expected numbers", "send JSON numbers"),
+        ([[[1, 2]], [[1, None]]], "instance 1 holds None (NoneType); expected numbers", "send JSON numbers"),
+        (
+            [[[1, 2]], [[1, 2**64]]],
+            f"instance 1 holds {2**64} (int); expected numbers (integers within 64 bits)",
+            "send JSON",
+        ),
+        (
+            [[[1, 2]], [[1, 2], [3, 4]]],
+            "the instances differ in shape; expected all of one shape (-1, 2) (-1 = any size)",
+            "-1 axes may vary",
+        ),
+        ([], "the request holds zero instances; expected at least one", "send {"),
+    ],
+)
+def test_v1_refusals_name_the_first_bad_instance(instances: list[Any], message: str, hint: str) -> None:
+    error = _refusal({"instances": instances}, InputSpec(shape=(-1, 2)))
+    assert type(error) is RequestError and error.message == message and (error.hint or "").startswith(hint)
+
+
+def test_the_largest_and_smallest_64_bit_integers_are_numbers() -> None:
+    spec = InputSpec(shape=(2,), dtype=torch.int64)
+    assert decode_request([[-(2**63), 5]], None, spec).instances.tolist() == [[-(2**63), 5]]
+    for beyond in (2**64 - 1, 2**63, 1e19, 2.0**63, -(2.0**64)):  # numbers, but no int64 holds them
+        error = _refusal([[1, 2], [beyond, 0]], spec)
+        assert "outside torch.int64's range" in error.message, beyond
+    assert decode_request([[1.0, 2.0**62]], None, spec).instances.tolist() == [[1, 2**62]]
+    error = _refusal([[1, 2], [-(2**63) - 1, 0]], spec)
+    assert "instance 1 holds" in error.message and "integers within 64 bits" in error.message
+
+
+def test_the_413_says_to_split_the_request() -> None:
+    with pytest.raises(PayloadTooLargeError) as info:
+        decode_request([[1.0]] * 3, None, InputSpec(shape=(1,), max_instances=2))
+    assert info.value.hint == "split the instances over several requests"
