@@ -14,11 +14,18 @@ import torch
 
 from serving.client.common import decode_answer
 from serving.codecs import InputSpec, decode_request, load_labels
+from serving.codecs.jsontext import dumps
 from serving.codecs.kserve_v1 import KServeV1Codec
 from serving.codecs.npy import NpyCodec
 from serving.codecs.oip_v2 import OipV2Codec
 from serving.codecs.registry import BODY_SLACK_BYTES, BYTES_PER_ELEMENT, max_body_bytes
-from serving.errors import CkptServeError, ConfigError, PayloadTooLargeError, RequestError
+from serving.errors import (
+    CkptServeError,
+    ConfigError,
+    PayloadTooLargeError,
+    RequestError,
+    UnsupportedMediaTypeError,
+)
 from serving.torchserve.gateway.oip_gateway import _outputs
 from serving.torchserve.gateway.signature import Signature, TensorSpec
 
@@ -324,3 +331,69 @@ def test_the_413_says_to_split_the_request() -> None:
     with pytest.raises(PayloadTooLargeError) as info:
         decode_request([[1.0]] * 3, None, InputSpec(shape=(1,), max_instances=2))
     assert info.value.hint == "split the instances over several requests"
+
+
+# --- the registry and JSON text: which bodies each type may carry, and what a bad one is told -------
+
+
+@pytest.mark.parametrize(
+    "media", ["application/json; charset=utf-8", "APPLICATION/JSON", "text/plain", "a/b+json"]
+)
+def test_json_media_types_with_parameters_or_in_capitals_are_json(media: str) -> None:
+    decoded = decode_request(b'{"instances": [[1.0]]}', media, InputSpec(shape=(1,)))
+    assert decoded.instances.tolist() == [[1.0]]
+
+
+def test_a_foreign_media_type_is_a_415_that_lists_what_is_accepted() -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as info:
+        decode_request(b'{"instances": [[1.0]]}', "image/png", InputSpec(shape=(1,)))
+    assert info.value.http_status == 415
+    assert info.value.message == (
+        "content type 'image/png' is not supported; expected application/json (KServe v1 or OIP v2), "
+        "application/x-npy or application/octet-stream"
+    )
+    assert info.value.hint == "send the tensor as JSON or as numpy.save bytes, with its content type"
+
+
+@pytest.mark.parametrize(
+    "body, media, message, hint",
+    [
+        (
+            b'{"b": 1, "a": 2}',
+            None,
+            "the JSON object lacks 'instances' (KServe v1) or 'inputs' (OIP v2); found ['a', 'b']",
+            "send {",
+        ),
+        (b"42", None, "the JSON body is a int; expected an object or a list of instances", "send {"),
+        (None, None, "the request body is empty; expected JSON or npy", "send {"),
+        (b"  ", "application/json", "the request body is empty; expected JSON or npy", "send {"),
+        (b'{"a": }', None, "malformed JSON at line 1 column 7 (char 6): Expecting value", "send valid JSON"),
+        (b"\xff\xfe{", None, "the body is neither npy nor JSON text", "send UTF-8 JSON"),
+        (
+            b"[" * 100_000,
+            None,
+            "the JSON nests too deeply; expected lists as deep as the instance shape",
+            "send {",
+        ),
+    ],
+)
+def test_bodies_that_are_no_request_say_what_to_send(
+    body: Any, media: str | None, message: str, hint: str
+) -> None:
+    error = _refusal(body, InputSpec(shape=(-1,)), media)  # any size: no byte limit before parsing
+    assert type(error) is RequestError and error.message.startswith(message)
+    assert (error.hint or "").startswith(hint)
+
+
+def test_json_sent_as_a_form_is_a_415_that_names_the_content_type_to_use() -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as info:
+        decode_request(b"", "application/x-www-form-urlencoded", InputSpec(shape=(1,)))
+    assert "reads as form fields: no JSON or npy reached the model" in info.value.message
+    assert info.value.hint == "send it with Content-Type: application/json (or application/x-npy)"
+
+
+def test_non_finite_outputs_are_spelled_as_strings_in_json() -> None:
+    assert json.loads(dumps({"x": [float("nan"), float("inf"), float("-inf"), 0.0, 2.5]})) == {
+        "x": ["NaN", "Infinity", "-Infinity", 0.0, 2.5]
+    }
+    assert dumps([1.5, {"a": 1}]) == b'[1.5,{"a":1}]'  # compact: no spaces
