@@ -146,6 +146,7 @@ def test_each_input_dtype_is_kept(tmp_path: Path, dtype: str) -> None:
         {"checkpoint": None, "watch_dir": "/ckpts"},
         {"policy": "pinned", "pinned": "a.pt"},
         {"output": "logits"},  # not a mapping: the default output name
+        {"output": {}},  # no name: the default output name
         {"safe_globals": []},
         {"state_dict_key": ""},
     ],
@@ -215,6 +216,10 @@ def test_the_smallest_accepted_values(tmp_path: Path, change: dict[str, Any]) ->
         ({"safe_globals": ["a.B", 1]}, "handler.safe_globals must be a list of strings"),
         ({"follow_symlinks": 1}, "handler.follow_symlinks must be true or false, got 1."),
         ({"json_logs": "yes"}, "handler.json_logs must be true or false"),
+        (
+            {"input": {"shape": [1], "allow_nonfinite": "false"}},
+            "handler.input.allow_nonfinite must be true or false",
+        ),
         ({"trust_pickle": "no"}, "handler.trust_pickle must be true or false"),
         ({"architecture_kwargs": [1]}, "handler.architecture_kwargs must be a mapping, got list."),
     ],
