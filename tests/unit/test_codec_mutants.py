@@ -397,3 +397,8 @@ def test_non_finite_outputs_are_spelled_as_strings_in_json() -> None:
         "x": ["NaN", "Infinity", "-Infinity", 0.0, 2.5]
     }
     assert dumps([1.5, {"a": 1}]) == b'[1.5,{"a":1}]'  # compact: no spaces
+
+
+def test_the_first_leaf_that_is_no_number_is_named_past_booleans_and_64_bit_integers() -> None:
+    error = _refusal({"instances": [[True, -(2**63), 2**64 - 1, "x"]]}, InputSpec(shape=(4,)))
+    assert error.message == "instance 0 holds 'x' (str); expected numbers"
