@@ -109,7 +109,7 @@ def parse_spec(
         trust_pickle=_bool(cfg, "trust_pickle", where, False),
         state_dict_key=_opt_str(cfg, "state_dict_key", where),
         safe_globals=tuple(_str_list(cfg, "safe_globals", where)),
-        input=_input(cfg.get("input"), f"{where}input.", cfg.get("output")),
+        input=_input(cfg.get("input"), f"{where}input."),
         postprocess=_postprocess(cfg.get("postprocess"), cfg.get("output"), f"{where}postprocess.", base),
         threads=None if threads == "auto" else threads,
         reload=reload,
@@ -135,7 +135,7 @@ def missing_checkpoint_error(spec: ModelSpec) -> CheckpointNotFoundError:
     )
 
 
-def _input(cfg: Any, where: str, _output: Any) -> InputSpec:
+def _input(cfg: Any, where: str) -> InputSpec:
     if not isinstance(cfg, Mapping) or "shape" not in cfg:
         raise ConfigError(
             f"{where}shape is missing: the per-instance input shape (no batch dimension).",
@@ -158,7 +158,7 @@ def _input(cfg: Any, where: str, _output: Any) -> InputSpec:
         shape=tuple(shape),
         dtype=_INPUT_DTYPES[dtype],
         name=str(cfg.get("name", "input__0")),
-        allow_nonfinite=bool(cfg.get("allow_nonfinite", False)),
+        allow_nonfinite=_bool(cfg, "allow_nonfinite", where, False),
         max_instances=max_instances,
     )
 
@@ -219,7 +219,7 @@ def labels_file(value: str, base: Path, where: str = "handler.postprocess.") -> 
     path = _resolve(value, base)
     if path.exists():
         return path
-    if path == base / value:
+    if path == base / value and not Path(value).is_absolute():  # base / an absolute path is that path
         raise ConfigError(
             f"{where}labels {value!r} is not in the archive (a relative path is read from inside it).",
             hint=f"Add the file with `--extra-files path/to/{Path(value).name}` (extra files land at the "

@@ -45,7 +45,13 @@ def encode_instances(instances: Any) -> tuple[bytes, str]:
 def decode_answer(body: bytes) -> Any:
     """The handler's answer: an array for npy, parsed JSON otherwise; its error bodies raise typed errors."""
     if body[:6] == NPY_MAGIC:
-        return np.load(io.BytesIO(body), allow_pickle=False)
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)  # never run code an answer carries
+        except ValueError as exc:  # an object array, or bytes that are not a whole npy file
+            raise CkptServeError(
+                f"the server answered an npy body that cannot be read: {exc}",
+                hint="check that the URL is a ckptserve server; its npy answers hold numbers only",
+            ) from None
     err = error_from_body(body)
     if err is not None:
         raise err

@@ -68,13 +68,6 @@ def to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
     target_is_float = spec.dtype.is_floating_point
     if arr.dtype.kind in "iu":
         arr = arr.view(arr.dtype.str)  # numpy's ulonglong (from big Python ints) has no torch twin
-        if not target_is_float and spec.dtype != torch.bool and arr.size:
-            info = torch.iinfo(spec.dtype)
-            if arr.min() < info.min or arr.max() > info.max:  # a cast would wrap around silently
-                raise RequestError(
-                    f"the input holds values outside {spec.dtype}'s range [{info.min}, {info.max}]",
-                    hint="send values the model's input dtype can hold",
-                )
     if arr.dtype.kind == "f" and not target_is_float:
         # an integer model cannot take NaN or 1.5: casting would silently invent a different input
         bad = ~(np.isfinite(arr) & (arr == np.trunc(arr)))
@@ -83,6 +76,14 @@ def to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
             raise RequestError(
                 f"instance {i} holds non-integer values; this model expects {spec.dtype} inputs",
                 hint="send whole numbers",
+            )
+    if not target_is_float and spec.dtype != torch.bool and arr.size:
+        info = torch.iinfo(spec.dtype)
+        # a cast would wrap around silently; max + 1 is exact as a float, max itself may round up to it
+        if arr.min() < info.min or arr.max() >= info.max + 1:
+            raise RequestError(
+                f"the input holds values outside {spec.dtype}'s range [{info.min}, {info.max}]",
+                hint="send values the model's input dtype can hold",
             )
     fast = _NUMPY_FLOATS.get(spec.dtype)
     if fast is not None:
