@@ -14,9 +14,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "checkpoint keys": ("serving.checkpoints.keys.*",),
     "spec": ("serving.spec.*",),
     "codecs": ("serving.codecs.*",),
-    # The gate: the slot's checks, and the session's start-up gate.
+    # The gate: the slot's checks, its sample and swap, and the session's start-up gate.
     "gate": (
         "serving.reload.slot.x_check_*",
+        "serving.reload.slot.x_sample_input*",
+        "serving.reload.slot.xǁModelSlotǁvalidate*",
+        "serving.reload.slot.xǁModelSlotǁswap*",
         "serving.session.xǁModelSessionǁ_gate*",
         "serving.session.xǁModelSessionǁ_check_candidate*",
     ),
