@@ -111,11 +111,31 @@ def test_the_forward_runs_on_the_sample_placed_like_the_model() -> None:
     assert check_forward(embedder, embedder, sample_input((5,), torch.int64), None) == (2, 4)
 
 
+def test_the_sample_goes_to_the_models_device() -> None:
+    # "meta" stands in for a GPU here: a model whose weights live off the CPU gets its sample there.
+    model = Returns(torch.zeros(2, 3)).to("meta")
+    assert check_forward(model, model, sample_input(IMAGE, torch.float32), None) == (2, 3)
+    assert model.seen.device.type == "meta"
+
+
 def test_a_failing_forward_is_refused_with_its_error_and_a_dtype_hint() -> None:
     model = Embedder()
     with pytest.raises(CandidateRejected, match=r"^The warm-up forward failed: RuntimeError: ") as caught:
         check_forward(model, model, sample_input((5,), torch.float32), None)
+    assert "Expected tensor for argument #1 'indices'" in caught.value.message  # torch's own reason
     assert caught.value.hint is not None and "handler.input.dtype: int64" in caught.value.hint
+
+
+class Raises(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("x" * 300)
+
+
+def test_a_long_forward_error_is_cut_to_200_characters() -> None:
+    model = Raises()
+    with pytest.raises(CandidateRejected) as caught:
+        check_forward(model, model, sample_input(IMAGE, torch.float32), None)
+    assert caught.value.message == f"The warm-up forward failed: ValueError: {'x' * 200}."
 
 
 def test_the_first_output_of_a_tuple_or_list_is_checked() -> None:
