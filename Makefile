@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint mutation bench clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ else
 	exit $$(( tests ? tests : report ))
 endif
 
+# Mutation testing of the core's decision logic: a table per module, exit 1 under $$MUTATION_FLOOR.
+mutation: $(STAMP)
+	$(PY) -m tests.mutation
+
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'   # matplotlib, for compare's plots
 	$(PY) -m benchmarks
@@ -52,4 +56,4 @@ endef
 export COV_TOTALS
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info mutants

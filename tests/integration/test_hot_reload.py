@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ import torch
 from serving import save_checkpoint
 from serving.torchserve import TorchServeProcess
 from tests.integration.conftest import DigitsCNN, Trained, describe, http, package
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +118,24 @@ def wait_until_served(traffic: Traffic, label: str) -> float:
     raise AssertionError(f"{label} was not served by every worker within {DEADLINE_S}s: {traffic.labels}")
 
 
+_REJECTED = re.compile(r"\] (W-\d+-(?P<model>.+?)_[^_ ]+)-std(?:out|err) .*reload: rejected '[^']*/([^'/]+)'")
+
+
+def rejections_by_worker(server: TorchServeProcess, model: str) -> dict[str, set[str]]:
+    """File names each of ``model``'s workers logged a rejection of (the watcher's "reload: rejected")."""
+    seen: dict[str, set[str]] = {}
+    for match in _REJECTED.finditer(server.worker_log.read_text()):
+        if match["model"] == model:
+            seen.setdefault(match[1], set()).add(match[3])
+    return seen
+
+
+def workers_of(server: TorchServeProcess, model: str) -> set[str]:
+    """The ids (``W-<port>-<model>_<version>``) of ``model``'s workers, from the worker log."""
+    pattern = rf"\] (W-\d+-{re.escape(model)}_[^_ ]+)-std(?:out|err) "
+    return set(re.findall(pattern, server.worker_log.read_text()))
+
+
 def write_slowly(path: Path, data: bytes, pieces: int = 20, pause_s: float = 0.05) -> None:
     """A writer that takes longer than a poll: the file is incomplete across several polls."""
     step = len(data) // pieces + 1
@@ -154,7 +174,16 @@ def test_live_reloads_with_traffic_flowing(
             broken.classifier[2].weight[0, 0] = float("nan")
         save_checkpoint(watch, broken, epoch=6)
         rejected = {sha(watch / f"model_epoch_{n}.pth") for n in (3, 5, 6)}
-        time.sleep(6 * POLL_S)
+        names = {f"model_epoch_{n}.pth" for n in (3, 5, 6)}
+        # Each worker watches on its own: wait until both have rejected all three, then look at traffic.
+        workers = workers_of(server, "live")
+        assert len(workers) == 2, workers
+        wait_until(
+            lambda: rejections_by_worker(server, "live") == dict.fromkeys(workers, names),
+            lambda: f"both workers rejecting {sorted(names)}: {rejections_by_worker(server, 'live')}",
+            timeout_s=120,
+            poll_s=POLL_S,
+        )
         assert traffic.recent_labels() == {f"epoch=2@{sha(path)}"}
 
         # 5. A file written slowly in pieces, named to win the policy (epoch 9): served only when whole.

@@ -99,8 +99,8 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
     from serving import save_checkpoint
     from tests.assets.archs import SmallNet
 
-    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = DistributedDataParallel(SmallNet())
     path = save_checkpoint(out, model, epoch=1)
@@ -115,16 +115,16 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 def test_only_rank_zero_writes_in_a_real_two_process_job(tmp_path: Path) -> None:  # seed 9.7
     import subprocess
 
-    from serving.torchserve.config import free_port
-
     script = tmp_path / "job.py"
     script.write_text(DISTRIBUTED_SCRIPT)
     out = tmp_path / "ckpts"
-    port = str(free_port())
+    # The ranks meet through a file only this test knows: no port that another process can take first
+    # (gloo's own connections bind port 0).
+    store = str(tmp_path / "rendezvous")
     root = Path(__file__).resolve().parents[2]
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(rank), "2", port, str(out)],
+            [sys.executable, str(script), str(rank), "2", store, str(out)],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},
             stdout=subprocess.PIPE,

@@ -16,7 +16,8 @@ class EchoHandler:
     """Echoes each request's body; ``echo.fail`` or ``echo.crash`` in model-config.yaml makes it fail.
 
     ``fail`` logs the ckptserve marker line before raising (what our real handler does); ``crash`` raises
-    a plain exception, as a handler with a bug would.
+    a plain exception, as a handler with a bug would. A request ``{"log": text}`` logs ``text``: a test
+    waits for that line to know the worker's earlier output has reached the log.
     """
 
     def __init__(self) -> None:
@@ -39,5 +40,7 @@ class EchoHandler:
                 body = body.decode("utf-8", errors="replace")
                 with contextlib.suppress(ValueError):
                     body = json.loads(body)
+            if isinstance(body, dict) and "log" in body:
+                logger.warning("%s", body["log"])
             replies.append(json.dumps({"model": context.model_name, "echo": body}, default=repr))
         return replies
