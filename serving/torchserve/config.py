@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import logging
 import re
@@ -434,12 +435,27 @@ class Ports(TypedDict):
     grpc_management_port: int
 
 
+def distinct_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different TCP ports that were free a moment ago on ``host`` (tests, demo).
+
+    The sockets stay bound until all are chosen: a port closed before the next bind may be handed out
+    again, and TorchServe refuses two endpoints on one port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(family, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def free_ports(host: str = "127.0.0.1") -> Ports:
     """Free ports for every TorchServe endpoint, as ServerSettings keyword arguments (tests, demo)."""
+    http, management, metrics, grpc_inference, grpc_management = distinct_free_ports(5, host)
     return Ports(
-        http_port=free_port(host),
-        management_port=free_port(host),
-        metrics_port=free_port(host),
-        grpc_inference_port=free_port(host),
-        grpc_management_port=free_port(host),
+        http_port=http,
+        management_port=management,
+        metrics_port=metrics,
+        grpc_inference_port=grpc_inference,
+        grpc_management_port=grpc_management,
     )

@@ -26,7 +26,7 @@ from serving.errors import ModelNotFoundError, RequestError, ServerError, Unsupp
 from serving.protos import grpc_predict_v2_pb2 as oip
 from serving.protos import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.protos import inference_pb2, inference_pb2_grpc
-from serving.torchserve import TorchServeProcess, free_port
+from serving.torchserve import TorchServeProcess, distinct_free_ports, free_port
 from serving.torchserve.gateway.process import GatewayProcess, GatewaySettings
 from tests.integration.conftest import DIGITS, Trained, package
 
@@ -507,9 +507,8 @@ def test_serve_runs_the_gateway_in_the_background_and_stop_ends_it(trained: Trai
     store.mkdir()
     package(store, "digits", handler={"postprocess": {"kind": "raw"}}, checkpoint=trained.epochs[1])
     runtime = tmp_path / "rt"
-    ports = {
-        name: free_port() for name in ("http", "management", "metrics", "grpc", "grpc-management", "oip-grpc")
-    }
+    names = ("http", "management", "metrics", "grpc", "grpc-management", "oip-grpc")
+    ports = dict(zip(names, distinct_free_ports(len(names)), strict=True))
     flags = [f"--{name}-port={port}" for name, port in ports.items()]
     command = [sys.executable, "-m", "serving", "serve", "--model-store", str(store)]
     command += ["--models", "digits=digits.mar", "--runtime-dir", str(runtime), "--token-auth", *flags]
