@@ -11,7 +11,14 @@ imported by pytest from mutmut's copy in mutants/, never from here.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+
+# mutmut forks one child per mutant from a process that has run tests. With an OpenMP thread pool
+# started in that parent, a forked child that enters torch waits forever on the pool's lock (libgomp
+# is not fork-safe): one thread, nothing to fork-lock, before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 from pathlib import Path
 from typing import Any
 
