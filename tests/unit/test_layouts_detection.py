@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serving.checkpoints.layout import detect_layout, is_complete
+from serving.checkpoints.layout import detect_layout, is_complete, probe
 from serving.checkpoints.layouts.base import ReadOptions
 from serving.checkpoints.layouts.safetensors import MAX_HEADER_BYTES, Safetensors
 from serving.errors import CorruptCheckpointError, EmptyCheckpointError, NotACheckpointError
@@ -123,3 +123,24 @@ def test_an_empty_file_says_so_and_how_to_avoid_it(tmp_path: Path) -> None:
         detect_layout(path)
     assert f"{str(path)!r} is empty" in caught.value.message
     assert "atomically" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    "entries, layout",
+    [
+        ({"code/__torch__.py", "data.pkl"}, "torchscript"),
+        ({"constants.pkl", "data.pkl"}, "torchscript"),
+        ({"archive_format", "data.pkl"}, "exported_program"),
+        ({"models/model.json", "data.pkl"}, "exported_program"),
+        ({"data.pkl", "version"}, "torch_save"),
+    ],
+)
+def test_torch_archives_are_told_apart_by_any_one_of_their_entries(
+    tmp_path: Path, entries: set[str], layout: str
+) -> None:
+    path = tmp_path / "archive.pt"
+    with zipfile.ZipFile(path, "w") as archive:  # stored, as torch writes them
+        for name in sorted(entries):
+            archive.writestr(f"top/{name}", "x")
+    assert probe(path).archive == frozenset(entries)  # below the top folder only, nested names kept
+    assert detect_layout(path).name == layout
