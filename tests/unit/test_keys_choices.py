@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
-from serving.checkpoints.keys import align_keys, check_dtype_kinds, shape_map, strip_wrappers
+from serving.checkpoints.keys import align_keys, check_dtype_kinds, fingerprint, shape_map, strip_wrappers
 from serving.errors import ArchitectureMismatchError
 
 EXPECTED = {"fc.weight": (2, 4), "fc.bias": (2,)}
@@ -138,3 +140,50 @@ def test_dtype_kinds(value: torch.Tensor, target: torch.dtype, fits: bool) -> No
 def test_dtype_kinds_ignore_entries_the_model_lacks_and_non_tensors() -> None:
     weights = {"extra": torch.ones(1, dtype=torch.int64), "note": 1.5}
     check_dtype_kinds("ckpt.pt", weights, {"note": torch.int64, "w": torch.float32})
+
+
+def test_a_prefix_never_wins_against_keys_that_already_fit() -> None:
+    # Stripping "model." would land one key; leaving the keys alone lands both: nothing is stripped.
+    expected = {"weight": (3,), "model.weight": (3,), "model.bias": (3,)}
+    alignment = align_keys({"model.weight": (3,), "model.bias": (3,)}, expected)
+    assert alignment.stripped_prefix == ""
+    assert alignment.missing == ["weight"]
+
+
+def test_more_keys_landing_beat_the_keys_as_they_are_on_equal_fit() -> None:
+    expected = {"w": (3,), "b": (3,)}
+    alignment = align_keys({"w": (3,), "two.w": (3,), "two.b": (5,)}, expected)
+    assert alignment.stripped_prefix == "two."
+    assert alignment.unexpected == ["w"]
+
+
+def test_every_shape_exact_key_counts_not_only_the_last() -> None:
+    expected = {"w": (3,), "b": (3,), "x": (3,)}
+    found = {"a.b": (3,), "a.w": (3,), "c.b": (9,), "c.w": (9,), "c.x": (3,)}
+    assert align_keys(found, expected).stripped_prefix == "a."
+
+
+def test_a_compile_wrapped_twin_is_unexpected_though_it_sorts_first() -> None:
+    found = {"_orig_mod.fc.weight": (2, 4), "fc.weight": (2, 4), "fc.bias": (2,)}
+    alignment = align_keys(found, EXPECTED)
+    assert alignment.rename == {"fc.weight": "fc.weight", "fc.bias": "fc.bias"}
+    assert alignment.unexpected == ["_orig_mod.fc.weight"]
+
+
+def test_fingerprint_is_the_documented_hash_of_sorted_names_and_shapes() -> None:
+    # Users compare fingerprints across runs and versions (inspect, describe): the text hashed is fixed.
+    text = b"a:1\nw:2,3"
+    assert fingerprint({"w": (2, 3), "a": (1,)}) == hashlib.sha256(text).hexdigest()[:16]
+
+
+def test_lists_in_messages_are_comma_separated_and_long_names_cut_at_100() -> None:
+    text = align_keys({}, {"a": (1,), "b": (1,)}).describe()
+    assert text == "2 missing key(s): a, b"
+    mismatched = align_keys({"a": (1,), "b": (1,)}, {"a": (2,), "b": (2,)}).describe()
+    assert (
+        mismatched == "2 shape mismatch(es): a (checkpoint [1] vs model [2]), b (checkpoint [1] vs model [2])"
+    )
+    name = "n" * 150
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        check_dtype_kinds("ckpt.pt", {name: torch.ones(1, dtype=torch.int64)}, {name: torch.float32})
+    assert f"(e.g. {'n' * 100!r} is torch.int64" in caught.value.message
