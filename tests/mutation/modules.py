@@ -31,7 +31,6 @@ OWN_TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_layout*.py::*",
         "tests/unit/test_checkpoint*.py::*",
         "tests/unit/test_hostile_checkpoints.py::*",
-        "tests/unit/test_loader*.py::*",  # load_model against every layout, each written by its own API
     ),
     "checkpoint keys": ("tests/unit/test_keys*.py::*", "tests/unit/test_loader*.py::*"),
     "spec": ("tests/unit/test_spec*.py::*",),
