@@ -13,7 +13,12 @@ from safetensors.torch import save_file
 from serving.checkpoints.layout import detect_layout, is_complete, probe
 from serving.checkpoints.layouts.base import ReadOptions
 from serving.checkpoints.layouts.safetensors import MAX_HEADER_BYTES, Safetensors
-from serving.errors import CorruptCheckpointError, EmptyCheckpointError, NotACheckpointError
+from serving.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    EmptyCheckpointError,
+    NotACheckpointError,
+)
 
 
 def _header(length: int, rest: bytes = b"{") -> bytes:
@@ -144,3 +149,39 @@ def test_torch_archives_are_told_apart_by_any_one_of_their_entries(
             archive.writestr(f"top/{name}", "x")
     assert probe(path).archive == frozenset(entries)  # below the top folder only, nested names kept
     assert detect_layout(path).name == layout
+
+
+def test_a_missing_path_says_where_it_looked_and_what_to_check(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        detect_layout(tmp_path / "absent.pt")
+    assert f"No checkpoint at {str(tmp_path / 'absent.pt')!r}." == caught.value.message
+    assert "Check the path" in (caught.value.hint or "")
+
+
+def test_a_damaged_zip_says_it_is_not_readable_and_to_wait_or_save_again(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pt"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 60)
+    with pytest.raises(CorruptCheckpointError) as caught:
+        detect_layout(path)
+    assert caught.value.message.startswith(f"{str(path)!r} (")
+    assert "cannot be read as a zip (BadZipFile)" in caught.value.message
+    assert "Wait for the writer" in (caught.value.hint or "")
+
+
+def test_compressed_weights_are_refused_before_torch_reads_them(tmp_path: Path) -> None:
+    path = tmp_path / "zipped.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("top/data.pkl", b"\0" * 256)
+    with pytest.raises(CorruptCheckpointError) as caught:
+        detect_layout(path)
+    size = path.stat().st_size
+    assert caught.value.message.startswith(f"{str(path)!r} ({size} bytes) is a zip archive with compressed")
+    assert "Save the checkpoint again with torch.save" in (caught.value.hint or "")
+
+
+def test_a_truncated_safetensors_header_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.bin"
+    path.write_bytes(_header(16))
+    with pytest.raises(CorruptCheckpointError) as caught:
+        detect_layout(path)
+    assert caught.value.message.startswith(f"{str(path)!r} is a safetensors file")

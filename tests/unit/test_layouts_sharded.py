@@ -66,3 +66,10 @@ def test_shards_lacking_an_indexed_tensor_are_corrupt(tmp_path: Path) -> None:
         ShardedSafetensors().read(path, ReadOptions())
     assert f"The shards of {str(path)!r} lack 7 indexed tensors: " in caught.value.message
     assert "['t0', 't1', 't2', 't3', 't4']." in caught.value.message
+
+
+def test_a_long_missing_tensor_name_is_cut_at_100_characters(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ck", {"a": "one.safetensors", "n" * 150: "one.safetensors"})
+    with pytest.raises(CorruptCheckpointError) as caught:
+        ShardedSafetensors().read(path, ReadOptions())
+    assert f"lack 1 indexed tensors: [{'n' * 100!r}]." in caught.value.message
