@@ -31,6 +31,8 @@ OWN_TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_layout*.py::*",
         "tests/unit/test_checkpoint*.py::*",
         "tests/unit/test_hostile_checkpoints.py::*",
+        "tests/unit/test_loader.py::*",  # load_model against every layout, each written by its own API
+        "tests/unit/test_attack_checkpoints.py::*",
     ),
     "checkpoint keys": ("tests/unit/test_keys*.py::*", "tests/unit/test_loader*.py::*"),
     "spec": ("tests/unit/test_spec*.py::*",),
