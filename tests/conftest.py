@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -33,6 +34,15 @@ def train_reference(seed: int = 0, steps: int = 3, **kwargs: int) -> Reference:
     with torch.no_grad():
         outputs = model(inputs)
     return Reference(model, optimizer, inputs, outputs)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    # A session applies its thread plan to the whole process; a later test comparing outputs bit for
+    # bit with the reference (computed under the runner's count) would see another summation order.
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -64,10 +64,10 @@ def read_equivalent(paths: list[Path] = EQUIVALENT) -> dict[str, str]:
 
 
 def run_mutmut(patterns: list[str], max_children: int | None) -> None:
-    """``mutmut run`` on the mutants matching ``patterns``; it keeps verdicts of unchanged functions."""
-    command = [str(Path(sys.executable).with_name("mutmut")), "run", *patterns]
+    """``mutmut run`` on the mutants matching ``patterns``, each against its module's own tests."""
+    command = [sys.executable, str(Path(__file__).with_name("runner.py")), "run", *patterns]
     if max_children:
-        command[2:2] = ["--max-children", str(max_children)]
+        command[3:3] = ["--max-children", str(max_children)]
     subprocess.run(command, cwd=ROOT, check=True)
 
 

@@ -1,4 +1,4 @@
-"""The modules ``make mutation`` scores: each one's mutants, named as mutmut names them."""
+"""The modules ``make mutation`` scores: each one's mutants (as mutmut names them) and its own tests."""
 
 from __future__ import annotations
 
@@ -24,6 +24,38 @@ MODULES: dict[str, tuple[str, ...]] = {
         "serving.session.xǁModelSessionǁ_check_candidate*",
     ),
 }
+
+
+# Module -> its own unit tests (fnmatch on the test's node id): the only tests run on its mutants.
+OWN_TESTS: dict[str, tuple[str, ...]] = {
+    "reload policy": ("tests/unit/test_reload*.py::*",),
+    "reload candidates": ("tests/unit/test_reload*.py::*",),
+    "checkpoint layout": (
+        "tests/unit/test_layout*.py::*",
+        "tests/unit/test_checkpoint*.py::*",
+        "tests/unit/test_hostile_checkpoints.py::*",
+        "tests/unit/test_loader.py::*",  # load_model against every layout, each written by its own API
+        "tests/unit/test_attack_checkpoints.py::*",
+    ),
+    "checkpoint keys": ("tests/unit/test_keys*.py::*", "tests/unit/test_loader*.py::*"),
+    "spec": ("tests/unit/test_spec*.py::*",),
+    "codecs": (
+        "tests/unit/test_codec*.py::*",
+        "tests/unit/test_attack_decoders.py::*",
+        "tests/unit/test_grpc_tensors.py::*",
+    ),
+    "gate": (
+        "tests/unit/test_reload*.py::*",
+        "tests/unit/test_session*.py::*",
+        "tests/unit/test_hostile_checkpoints.py::*",
+        "tests/unit/test_gate*.py::*",
+    ),
+}
+
+
+def own_tests(module: str, test: str) -> bool:
+    """True when ``test`` (a pytest node id) is one of ``module``'s own unit tests."""
+    return any(fnmatch.fnmatchcase(test, p) for p in OWN_TESTS[module])
 
 
 def module_of(mutant: str) -> str | None:

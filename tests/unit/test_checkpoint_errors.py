@@ -68,7 +68,26 @@ def test_truncated_safetensors(reference: Reference, tmp_path: Path) -> None:
     save_file(reference.model.state_dict(), tmp_path / "full.safetensors")
     data = (tmp_path / "full.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    assert isinstance(_load_error(SmallNet, tmp_path / "cut.safetensors"), CorruptCheckpointError)
+    err = _load_error(SmallNet, tmp_path / "cut.safetensors")
+    assert isinstance(err, CorruptCheckpointError)
+    # What was expected (a whole safetensors file), what is wrong, and what to do.
+    assert "cut.safetensors" in err.message and "detected as safetensors" in err.message
+    assert "truncated" in err.message
+    assert "save it again" in (err.hint or "")
+
+
+def test_truncated_safetensors_header(reference: Reference, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(reference.model.state_dict(), tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    (tmp_path / "cut.safetensors").write_bytes(data[: 8 + header_len - 1])  # one byte of header short
+    err = _load_error(SmallNet, tmp_path / "cut.safetensors")
+    assert isinstance(err, CorruptCheckpointError)
+    assert f"header claims {header_len} bytes" in err.message
+    assert f"only {8 + header_len - 1}" in err.message
+    assert "Wait for the writer" in (err.hint or "")
 
 
 @pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", os.urandom(4096), b'{"json": true}'])
@@ -138,7 +157,9 @@ def test_a_hostile_pickle_never_executes(reference: Reference, tmp_path: Path) -
         pickle.dump(Hostile(marker), fh, protocol=2)
     for name in ("evil.pth", "evil.pkl"):
         err = _load_error(SmallNet, tmp_path / name)
-        assert isinstance(err, (UnsafeCheckpointError, CorruptCheckpointError, NotACheckpointError))
+        # Refused before unpickling, as unsafe (not as damaged): the fix is the user's trust, not a re-save.
+        assert isinstance(err, UnsafeCheckpointError), name
+        assert "trust_pickle" in (err.hint or ""), name
     assert not marker.exists()
     assert "system" in _load_error(SmallNet, tmp_path / "evil.pth").message
 

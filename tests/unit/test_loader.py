@@ -19,7 +19,7 @@ from serving import checkpoint_info, load_model, save_checkpoint
 from serving.checkpoints import fingerprint, shape_map
 from serving.errors import ConfigError
 from tests.assets.archs import BufferNet, SmallNet, TiedNet
-from tests.conftest import Reference
+from tests.conftest import Reference, train_reference
 
 Writer = Callable[[Reference, Path], Path]
 
@@ -264,11 +264,13 @@ def test_non_strict_loads_what_fits_and_reports_the_rest(
 
 def test_state_dict_key_picks_one_of_several(reference: Reference, tmp_path: Path) -> None:
     torch.save({"model": reference.model.state_dict(), "ema": {}}, tmp_path / "one.pth")
-    torch.save(
-        {"ema_model": reference.model.state_dict(), "student": reference.model.state_dict()},
-        tmp_path / "two.pth",
-    )
-    assert checkpoint_info(load_model(SmallNet, tmp_path / "two.pth", state_dict_key="student")).kind
+    # Two state dicts of the same architecture with different weights: only the named one may be served.
+    teacher = train_reference(seed=1).model.state_dict()
+    for key, wanted in (("student", reference.model.state_dict()), ("ema_model", teacher)):
+        torch.save({"ema_model": teacher, "student": reference.model.state_dict()}, tmp_path / "two.pth")
+        model = load_model(SmallNet, tmp_path / "two.pth", state_dict_key=key)
+        assert checkpoint_info(model).kind == "training_checkpoint"
+        assert all(torch.equal(v, wanted[k]) for k, v in model.state_dict().items()), key
     with torch.no_grad():
         out = load_model(SmallNet, tmp_path / "one.pth")(reference.inputs)
     assert torch.equal(out, reference.outputs)
@@ -283,7 +285,12 @@ def test_the_architecture_breaks_ties_between_state_dicts(reference: Reference, 
 
 def test_device_auto_is_the_cpu_here_and_cuda_is_refused(reference: Reference, tmp_path: Path) -> None:
     path = state_dict_file(reference, tmp_path)
-    assert checkpoint_info(load_model(SmallNet, path, device="auto", gpu_id=0)).device == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no usable CUDA"):
+    # A machine without a GPU, simulated so that the test asserts the same on a GPU machine.
+    with (
+        mock.patch("torch.cuda.is_available", return_value=False),
+        mock.patch("serving.devices._mps_available", return_value=False),
+    ):
+        assert checkpoint_info(load_model(SmallNet, path, device="auto", gpu_id=0)).device == "cpu"
+        with pytest.raises(ConfigError, match="no usable CUDA") as caught:
             load_model(SmallNet, path, device="cuda:0")
+    assert "auto" in (caught.value.hint or "")
