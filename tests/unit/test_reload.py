@@ -226,10 +226,12 @@ def _wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 60
 
 
 def _inside(thread: threading.Thread, function: str) -> bool:
-    """True while ``thread`` runs ``function`` (anywhere on its stack)."""
+    """True while ``thread`` runs ``function`` (anywhere on its stack; under mutmut its code is named
+    ``xǁModelSlotǁswap__mutmut_orig`` or ``..._<n>``)."""
     frame = sys._current_frames().get(thread.ident or -1)
     while frame is not None:
-        if frame.f_code.co_name == function:
+        name = frame.f_code.co_name
+        if name == function or f"ǁ{function}__mutmut_" in name:
             return True
         frame = frame.f_back
     return False
