@@ -22,9 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EQUIVALENT = Path(__file__).with_name("equivalent.txt")
-# The lowest logic score measured when the tool was added: CI stays green until the modules' new tests
-# are merged, then MUTATION_FLOOR=90 turns the goal into the gate.
-DEFAULT_FLOOR = 0.0
+# The lowest logic score measured when the tool was added (checkpoint layout, 67.3%, on mut-reload's
+# branch before the other modules' new tests): MUTATION_FLOOR=90 turns the goal into the gate.
+DEFAULT_FLOOR = 67.0
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}  # a test (or the checker) noticed
 
 
