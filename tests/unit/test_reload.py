@@ -253,10 +253,10 @@ def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp
             finish.wait()
             in_flight["outputs"] = model(reference.inputs)
 
-    batch_thread = threading.Thread(target=batch)
+    batch_thread = threading.Thread(target=batch, daemon=True)  # a failed assertion must not hang pytest
     batch_thread.start()
     assert started.wait(60)
-    swap_thread = threading.Thread(target=slot.swap, args=(candidate,))
+    swap_thread = threading.Thread(target=slot.swap, args=(candidate,), daemon=True)
     swap_thread.start()
     # The swap is under way (waiting for the batch, or done) while the batch still has its model.
     _wait_until(lambda: _inside(swap_thread, "swap") or not swap_thread.is_alive(), "the swap runs")
