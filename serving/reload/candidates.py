@@ -84,7 +84,6 @@ class Scanner:
         self.skipped: dict[str, str] = {}  # name -> why the last scan did not count it
         self._previous: dict[str, Signature] = {}
         self._metadata: dict[tuple[str, Signature], tuple[int | None, dict[str, Any]]] = {}
-        self._complete: dict[tuple[str, Signature], bool] = {}
 
     def scan(self) -> list[Candidate]:
         current: dict[str, Signature] = {}
@@ -116,14 +115,14 @@ class Scanner:
                 self.skipped[entry.name] = "empty (0 bytes): a save may be starting"
                 continue
             stable = self._previous.get(entry.name) == signature
-            if not (atomic or stable or self._finished(entry, signature)):
+            # A file's structure is read only at first sight of a signature: next poll it is stable.
+            if not (atomic or stable or (entry.is_file() and is_complete(entry))):
                 self.skipped[entry.name] = "still being written (waiting for it to be whole or unchanged)"
                 continue
             epoch, metadata = self._describe(entry, signature)
             complete.append(Candidate(entry, signature, epoch, metadata))
         self._previous = current
         self._metadata = {k: v for k, v in self._metadata.items() if current.get(k[0]) == k[1]}
-        self._complete = {k: v for k, v in self._complete.items() if current.get(k[0]) == k[1]}
         return complete
 
     def _signature(self, entry: Path) -> tuple[Signature | None, bool]:
@@ -138,13 +137,6 @@ class Scanner:
             )
             return Signature(parts), False
         return None, False
-
-    def _finished(self, entry: Path, signature: Signature) -> bool:
-        # A file whose own structure says it is whole (its layout decides). Checked once per signature.
-        key = (entry.name, signature)
-        if key not in self._complete:
-            self._complete[key] = entry.is_file() and is_complete(entry)
-        return self._complete[key]
 
     def _describe(self, entry: Path, signature: Signature) -> tuple[int | None, dict[str, Any]]:
         key = (entry.name, signature)

@@ -13,8 +13,8 @@ _LOG_OBJECTS = {"log", "logger", "logging", "LOG", "warnings"}
 def is_text_only(original: str, mutant: str) -> bool:
     """True when every difference between the two function sources is inside a string that only people
     read: a docstring, an f-string's literal text, an exception's message (``raise X(...)``, ``XError(...)``)
-    or a log or warning call. A changed string anywhere else (a dict key, a compared value, a regex) is
-    logic."""
+    or a log or warning call (there, any change to the arguments). A changed string anywhere else (a
+    dict key, a compared value, a regex) is logic."""
     a, b = (ast.parse(textwrap.dedent(src)).body[0] for src in (original, mutant))
     differences = list(_differences(a, b, ()))
     return bool(differences) and all(_in_text(path, x, y) for path, x, y in differences)
@@ -43,6 +43,8 @@ def _differences(a: object, b: object, path: tuple[ast.AST, ...]) -> Iterator[Di
 
 
 def _in_text(path: tuple[ast.AST, ...], a: object, b: object) -> bool:
+    if any(isinstance(node, ast.Call) and _is_log_call(node) and node.func not in path for node in path):
+        return True  # anything in a log call's arguments: only the log line changes (logging never raises)
     if not (path and isinstance(path[-1], ast.Constant) and isinstance(a, str) and isinstance(b, str)):
         return False
     if len(path) >= 2 and isinstance(path[-2], ast.JoinedStr):
@@ -60,10 +62,17 @@ def _first_statement(node: ast.AST) -> ast.AST | None:
     return body[0] if isinstance(body, list) and body else None
 
 
+def _is_log_call(call: ast.Call) -> bool:
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in _LOG_OBJECTS
+    )
+
+
 def _is_message_call(call: ast.Call) -> bool:
     """A log or warning call, or an exception built (``SomethingError(...)``): its strings are messages."""
-    func = call.func
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in _LOG_OBJECTS:
+    if _is_log_call(call):
         return True
+    func = call.func
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
     return name.endswith(("Error", "Exception", "Warning"))

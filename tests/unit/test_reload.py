@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from serving import checkpoint_info, load_model, save_checkpoint
+from serving.errors import CandidateRejected
 from serving.reload import ModelSlot, Reloader, Scanner, number_in_name, rank, sample_input
 from serving.reload.pin import read_pin
 from serving.spec import ModelSpec, ReloadSpec, parse_spec
@@ -47,13 +52,16 @@ def test_whole_files_count_at_once_others_after_one_stable_poll(reference: Refer
     save_checkpoint(tmp_path, reference.model, epoch=1)  # a complete zip: counts at once
     torch.save(reference.model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     legacy = tmp_path / "legacy.pt"
-    os.utime(legacy, ns=(time.time_ns(), legacy.stat().st_mtime_ns))  # not renamed: ctime == mtime
+    # Written in place, not renamed: the change time must not be after the modification time. utime
+    # itself sets ctime to now, so the modification time goes a minute ahead of it.
+    ahead = time.time_ns() + 60 * 10**9
+    os.utime(legacy, ns=(ahead, ahead))
     st = legacy.stat()
+    assert st.st_ctime_ns <= st.st_mtime_ns  # the precondition: nothing says this file is whole yet
     scanner = Scanner(tmp_path)
-    first = {c.name for c in scanner.scan()}
-    assert "model_epoch_1.pth" in first
-    assert ("legacy.pt" in first) == (st.st_ctime_ns > st.st_mtime_ns)  # no structure to check
-    assert {c.name for c in scanner.scan()} == {"model_epoch_1.pth", "legacy.pt"}
+    assert {c.name for c in scanner.scan()} == {"model_epoch_1.pth"}  # legacy: no structure to check
+    assert scanner.skipped["legacy.pt"].startswith("still being written")
+    assert {c.name for c in scanner.scan()} == {"model_epoch_1.pth", "legacy.pt"}  # unchanged: counts
 
 
 def test_a_file_that_keeps_growing_never_counts(tmp_path: Path) -> None:
@@ -210,16 +218,58 @@ def test_inplace_copies_into_the_live_tensors(reference: Reference, tmp_path: Pa
         assert torch.equal(live(newer.inputs), newer.outputs)  # nothing of the bad one was copied
 
 
+def _wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def _inside(thread: threading.Thread, function: str) -> bool:
+    """True while ``thread`` runs ``function`` (anywhere on its stack; under mutmut its code is named
+    ``xǁModelSlotǁswap__mutmut_orig`` or ``..._<n>``)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        name = frame.f_code.co_name
+        if name == function or f"ǁ{function}__mutmut_" in name:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_a_batch_finishes_on_the_model_it_started_with(reference: Reference, tmp_path: Path) -> None:
     save_checkpoint(tmp_path, reference.model, epoch=1)
     slot = _slot(reference, tmp_path / "model_epoch_1.pth")
-    with slot.use() as in_flight:
-        pass
-    newer = load_model(SmallNet, save_checkpoint(tmp_path, train_reference(seed=3).model, epoch=2))
-    slot.validate(newer)
-    slot.swap(newer)
-    assert in_flight is not slot.model and checkpoint_info(in_flight).epoch == 1
-    with pytest.raises(Exception, match="the served model"):
+    newer = train_reference(seed=3)
+    candidate = load_model(SmallNet, save_checkpoint(tmp_path, newer.model, epoch=2))
+    slot.validate(candidate)
+    started, finish = threading.Event(), threading.Event()
+    in_flight: dict[str, Any] = {}
+
+    def batch() -> None:
+        with slot.use() as model, torch.no_grad():
+            in_flight["model"] = model
+            started.set()
+            finish.wait()
+            in_flight["outputs"] = model(reference.inputs)
+
+    batch_thread = threading.Thread(target=batch, daemon=True)  # a failed assertion must not hang pytest
+    batch_thread.start()
+    assert started.wait(60)
+    swap_thread = threading.Thread(target=slot.swap, args=(candidate,), daemon=True)
+    swap_thread.start()
+    # The swap is under way (waiting for the batch, or done) while the batch still has its model.
+    _wait_until(lambda: _inside(swap_thread, "swap") or not swap_thread.is_alive(), "the swap runs")
+    finish.set()
+    batch_thread.join(60)
+    swap_thread.join(60)
+    assert not batch_thread.is_alive() and not swap_thread.is_alive()
+    old = in_flight["model"]
+    assert isinstance(old, torch.nn.Module) and checkpoint_info(old).epoch == 1
+    assert torch.equal(in_flight["outputs"], reference.outputs)  # computed by the model it started with
+    with slot.use() as model, torch.no_grad():  # the next batch gets the new model
+        assert model is candidate and torch.equal(model(newer.inputs), newer.outputs)
+    with pytest.raises(CandidateRejected, match="the served model"):
         slot.validate(torch.nn.Linear(64, 3))  # another model (other class, weights, output) is refused
 
 

@@ -33,7 +33,9 @@ def metric_value(metadata: dict[str, Any], dotted: str) -> float | None:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return None  # a flag, not a score: True must not rank as 1.0
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)  # safetensors metadata holds strings
         except (TypeError, ValueError):
