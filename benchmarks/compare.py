@@ -148,25 +148,25 @@ def _archives(workdir: Path, store: Path, weights: dict[str, Path]) -> list[str]
 
 
 def _litserve_python() -> Path | None:
-    """LitServe's own venv (created once); it sees the project's torch through a .pth file."""
+    """LitServe's own venv (created once); it sees this project's torch through a .pth file."""
     venv = CACHE / "litserve-venv"
     python = venv / "bin" / "python"
-    if (
+    if not (
         python.exists()
         and subprocess.run([python, "-c", "import litserve"], capture_output=True).returncode == 0
     ):
-        return python
-    _log(f"installing {LITSERVE} into {venv} (first run only)")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", LITSERVE], capture_output=True, text=True, timeout=600
-    )
-    if install.returncode != 0:
-        print(f"LitServe row skipped: pip install {LITSERVE} failed: {install.stderr.strip()[-500:]}")
-        return None
+        _log(f"installing {LITSERVE} into {venv} (first run only)")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
+        install = subprocess.run(
+            [python, "-m", "pip", "install", "-q", LITSERVE], capture_output=True, text=True, timeout=600
+        )
+        if install.returncode != 0:
+            print(f"LitServe row skipped: pip install {LITSERVE} failed: {install.stderr.strip()[-500:]}")
+            return None
     import site
 
-    # After LitServe's own site-packages: its pins win, torch and numpy come from the project's venv.
+    # Written at every run, not once: the cached venv outlives the checkout (or worktree) that made it.
+    # After LitServe's own site-packages: its pins win, torch and numpy come from this project's venv.
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
