@@ -202,7 +202,13 @@ def _npy(array: np.ndarray) -> bytes:
 def _outputs(answer: bytes, sig: Signature) -> dict[str, np.ndarray]:
     """The handler's answer (npy for raw and softmax, top-k JSON otherwise) as named output arrays."""
     if answer[:6] == NPY_MAGIC:
-        return {sig.outputs[0].name: np.load(io.BytesIO(answer), allow_pickle=False)}
+        try:
+            return {sig.outputs[0].name: np.load(io.BytesIO(answer), allow_pickle=False)}
+        except ValueError as exc:  # an object array (never unpickled) or a damaged header
+            raise CkptServeError(
+                f"the handler of {sig.model!r} answered an npy array that cannot be read ({exc})",
+                hint="is the model served by ckptserve's handler?",
+            ) from None
     try:
         rows = json.loads(answer)["predictions"]
         indices = np.array([[entry["index"] for entry in row] for row in rows], dtype=np.int64)
