@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # equivalent.txt, and equivalent_<module>.txt files beside it (one per module's owner: fewer conflicts).
 EQUIVALENT = sorted(Path(__file__).parent.glob("equivalent*.txt"))
-# The floor CI enforces when MUTATION_FLOOR is unset: the lowest logic score measured on main.
+# `make mutation`'s floor when MUTATION_FLOOR is unset: the lowest logic score measured on main.
 DEFAULT_FLOOR = 85.0  # checkpoint layout measured 85.5% (full run 2026-11-30); the goal is 90
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}  # a test (or the checker) noticed
 
