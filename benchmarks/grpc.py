@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--window", type=int, default=4, help="requests in flight per stream (pipelining)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of gateway vs direct")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="skip the table of paths: only the alternating rounds of the gateway against direct gRPC",
+    )
     args = parser.parse_args(argv)
 
     from serving.torchserve import free_port
@@ -234,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         server = start_demo_server(workdir, extra={"enable_model_api": "true"})
         gateway = None
         try:
-            _register_stream_model(server, workdir)
+            if not args.overhead_only:
+                _register_stream_model(server, workdir)
             urls = server.torchserve.urls
             gateway = GatewayProcess(
                 GatewaySettings(
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                     urls.grpc_management,
                     runtime_dir=server.runtime_dir,
                     log_dir=server.settings.logs,
+                    http_inference=urls.inference,
                 )
             ).start()
             payload = _payloads()
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             rows: dict[str, dict[str, float]] = {}
             print(f"concurrency {c} outstanding requests, {s:g} s per row, load from {p} asyncio processes")
             print(f"{'':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-            if shutil.which("wrk"):
+            if shutil.which("wrk") and not args.overhead_only:
                 body_file = sample_body(workdir / "body.json")
                 wrk(f"{urls.inference}/predictions/digits", body_file, c, 2)  # warm-up
                 result = wrk(f"{urls.inference}/predictions/digits", body_file, c, int(s))
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
                     "errors": result["non_2xx"],
                 }
                 _print("HTTP /predictions (JSON), wrk", rows["HTTP /predictions (JSON), wrk"])
-            for label, kind, target, body, callers, window in plan:
+            for label, kind, target, body, callers, window in [] if args.overhead_only else plan:
                 rows[label] = run_load(
                     kind, target, body, concurrency=callers, processes=p, seconds=s, window=window
                 )
@@ -322,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
         "the machine's cores"
     )
     config = {"seconds": s, "concurrency": c, "processes": p, "window": args.window, "rounds": args.rounds}
-    path = save_results("grpc", {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
+    name = "grpc-overhead" if args.overhead_only else "grpc"
+    path = save_results(name, {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
     print(f"results: {path}")
 
 
