@@ -57,12 +57,13 @@ async def _load(
     from serving.protos import inference_pb2, inference_pb2_grpc
 
     latencies: list[float] = []
-    errors = 0
+    errors = completed = 0  # completed: every answer, warm-up included (what a server's CPU time covers)
     start = time.perf_counter() + warmup_s
     stop = start + seconds
 
     def record(sent: float, ok: bool) -> None:
-        nonlocal errors
+        nonlocal errors, completed
+        completed += ok
         now = time.perf_counter()
         if start <= sent and now <= stop:
             if ok:
@@ -137,7 +138,7 @@ async def _load(
         await asyncio.gather(*(unary_worker() for _ in range(concurrency)))
     if channel is not None:
         await channel.close()
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "errors": errors, "completed": completed}
 
 
 def _child(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -168,13 +169,15 @@ def run_load(
         parts = pool.map(_child, jobs)
     latencies = sorted(x for part in parts for x in part["latencies"])
     errors = sum(part["errors"] for part in parts)
+    completed = float(sum(part["completed"] for part in parts))
     if not latencies:
-        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": float(errors)}
+        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": float(errors), "completed": completed}
     return {
         "rps": len(latencies) / seconds,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "errors": float(errors),
+        "completed": completed,
     }
 
 
@@ -318,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 rounds=args.rounds,
                 seconds=s,
                 processes=p,
+                gateway_pid=gateway.pid,
             )
         finally:
             if gateway is not None:
@@ -335,26 +339,45 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def gateway_overhead(
-    direct: str, gateway: str, payload: dict[str, bytes], *, rounds: int, seconds: float, processes: int
+    direct: str,
+    gateway: str,
+    payload: dict[str, bytes],
+    *,
+    rounds: int,
+    seconds: float,
+    processes: int,
+    gateway_pid: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """The OIP gateway against direct TorchServe gRPC (npy), alternating, at 16 and 1 outstanding requests.
 
     Rows taken one after the other drift with the machine's load (30% here); the two sides take turns
-    ``rounds`` times and the ratios are of the medians.
+    ``rounds`` times, which one goes first alternating, and the ratios are of the medians. With
+    ``gateway_pid``, the gateway's own CPU time per answered request too: unlike req/s on a shared
+    machine, it does not depend on what else runs.
     """
+    import psutil
+
+    gateway_process = psutil.Process(gateway_pid) if gateway_pid else None
     samples: dict[tuple[int, str], list[dict[str, float]]] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for c in (16, 1):
-            for side, kind, target, body in (
+            sides = [
                 ("direct", "grpc-npy", direct, payload["npy"]),
                 ("gateway", "oip", gateway, payload["raw"]),
-            ):
+            ]
+            for side, kind, target, body in sides[::-1] if round_ % 2 else sides:
+                spent = _cpu_seconds(gateway_process) if side == "gateway" else 0.0
                 r = run_load(kind, target, body, concurrency=c, processes=min(c, processes), seconds=seconds)
+                if side == "gateway" and gateway_process is not None and r["completed"]:
+                    r["cpu_us"] = (_cpu_seconds(gateway_process) - spent) / r["completed"] * 1e6
                 samples.setdefault((c, side), []).append(r)
     overhead = {}
     for c in (16, 1):
         d, g = (
-            {k: median([r[k] for r in samples[(c, side)]]) for k in ("rps", "p50_ms")}
+            {
+                k: median([r[k] for r in samples[(c, side)] if k in r] or [0.0])
+                for k in ("rps", "p50_ms", "cpu_us")
+            }
             for side in ("direct", "gateway")
         )
         overhead[f"c{c}"] = {
@@ -364,14 +387,23 @@ def gateway_overhead(
             "direct_p50_ms": d["p50_ms"],
             "gateway_p50_ms": g["p50_ms"],
             "p50_added_ms": g["p50_ms"] - d["p50_ms"],
+            "gateway_cpu_us_per_request": g["cpu_us"],
         }
         o = overhead[f"c{c}"]
         print(
             f"OIP gateway vs direct TorchServe gRPC (npy), c={c}, median of {rounds} alternating rounds: "
             f"{o['gateway_rps']:.0f} vs {o['direct_rps']:.0f} req/s (x{o['rps_ratio']:.2f}), "
-            f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms)"
+            f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms), "
+            f"gateway CPU {o['gateway_cpu_us_per_request']:.0f} us per request"
         )
     return overhead
+
+
+def _cpu_seconds(process: Any) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _print(label: str, r: dict[str, float]) -> None:
