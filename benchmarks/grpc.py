@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds=s,
                 processes=p,
                 gateway_pid=gateway.pid,
+                metrics_url=urls.metrics,
             )
         finally:
             if gateway is not None:
@@ -347,13 +348,16 @@ def gateway_overhead(
     seconds: float,
     processes: int,
     gateway_pid: int | None = None,
+    metrics_url: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """The OIP gateway against direct TorchServe gRPC (npy), alternating, at 16 and 1 outstanding requests.
 
     Rows taken one after the other drift with the machine's load (30% here); the two sides take turns
     ``rounds`` times, which one goes first alternating, and the ratios are of the medians. With
     ``gateway_pid``, the gateway's own CPU time per answered request too: unlike req/s on a shared
-    machine, it does not depend on what else runs.
+    machine, it does not depend on what else runs. With ``metrics_url`` (TorchServe's metrics API),
+    the mean batch each side got (the handler's ckptserve_batch_size): a batch short of batchSize
+    waits maxBatchDelay for the rest.
     """
     import psutil
 
@@ -367,7 +371,11 @@ def gateway_overhead(
             ]
             for side, kind, target, body in sides[::-1] if round_ % 2 else sides:
                 spent = _cpu_seconds(gateway_process) if side == "gateway" else 0.0
+                batched = _batches(metrics_url)
                 r = run_load(kind, target, body, concurrency=c, processes=min(c, processes), seconds=seconds)
+                instances, batches = (a - b for a, b in zip(_batches(metrics_url), batched, strict=True))
+                if batches:
+                    r["batch"] = instances / batches
                 if side == "gateway" and gateway_process is not None and r["completed"]:
                     r["cpu_us"] = (_cpu_seconds(gateway_process) - spent) / r["completed"] * 1e6
                 samples.setdefault((c, side), []).append(r)
@@ -376,7 +384,7 @@ def gateway_overhead(
         d, g = (
             {
                 k: median([r[k] for r in samples[(c, side)] if k in r] or [0.0])
-                for k in ("rps", "p50_ms", "cpu_us")
+                for k in ("rps", "p50_ms", "cpu_us", "batch")
             }
             for side in ("direct", "gateway")
         )
@@ -388,15 +396,31 @@ def gateway_overhead(
             "gateway_p50_ms": g["p50_ms"],
             "p50_added_ms": g["p50_ms"] - d["p50_ms"],
             "gateway_cpu_us_per_request": g["cpu_us"],
+            "direct_mean_batch": d["batch"],
+            "gateway_mean_batch": g["batch"],
         }
         o = overhead[f"c{c}"]
         print(
             f"OIP gateway vs direct TorchServe gRPC (npy), c={c}, median of {rounds} alternating rounds: "
             f"{o['gateway_rps']:.0f} vs {o['direct_rps']:.0f} req/s (x{o['rps_ratio']:.2f}), "
             f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms), "
-            f"gateway CPU {o['gateway_cpu_us_per_request']:.0f} us per request"
+            f"gateway CPU {o['gateway_cpu_us_per_request']:.0f} us per request, "
+            f"mean batch {o['gateway_mean_batch']:.2f} vs {o['direct_mean_batch']:.2f}"
         )
     return overhead
+
+
+def _batches(metrics_url: str | None) -> tuple[float, float]:
+    """Instances and batches the handler has run so far (its ckptserve_batch_size histogram)."""
+    if metrics_url is None:
+        return 0.0, 0.0
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+    return total("ckptserve_batch_size_sum"), total("ckptserve_batch_size_count")
 
 
 def _cpu_seconds(process: Any) -> float:
