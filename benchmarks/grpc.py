@@ -57,12 +57,13 @@ async def _load(
     from serving.protos import inference_pb2, inference_pb2_grpc
 
     latencies: list[float] = []
-    errors = 0
+    errors = completed = 0  # completed: every answer, warm-up included (what a server's CPU time covers)
     start = time.perf_counter() + warmup_s
     stop = start + seconds
 
     def record(sent: float, ok: bool) -> None:
-        nonlocal errors
+        nonlocal errors, completed
+        completed += ok
         now = time.perf_counter()
         if start <= sent and now <= stop:
             if ok:
@@ -137,7 +138,7 @@ async def _load(
         await asyncio.gather(*(unary_worker() for _ in range(concurrency)))
     if channel is not None:
         await channel.close()
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "errors": errors, "completed": completed}
 
 
 def _child(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -168,13 +169,15 @@ def run_load(
         parts = pool.map(_child, jobs)
     latencies = sorted(x for part in parts for x in part["latencies"])
     errors = sum(part["errors"] for part in parts)
+    completed = float(sum(part["completed"] for part in parts))
     if not latencies:
-        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": float(errors)}
+        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": float(errors), "completed": completed}
     return {
         "rps": len(latencies) / seconds,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "errors": float(errors),
+        "completed": completed,
     }
 
 
@@ -223,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--window", type=int, default=4, help="requests in flight per stream (pipelining)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of gateway vs direct")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="skip the table of paths: only the alternating rounds of the gateway against direct gRPC",
+    )
     args = parser.parse_args(argv)
 
     from serving.torchserve import free_port
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         server = start_demo_server(workdir, extra={"enable_model_api": "true"})
         gateway = None
         try:
-            _register_stream_model(server, workdir)
+            if not args.overhead_only:
+                _register_stream_model(server, workdir)
             urls = server.torchserve.urls
             gateway = GatewayProcess(
                 GatewaySettings(
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                     urls.grpc_management,
                     runtime_dir=server.runtime_dir,
                     log_dir=server.settings.logs,
+                    http_inference=urls.inference,
                 )
             ).start()
             payload = _payloads()
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             rows: dict[str, dict[str, float]] = {}
             print(f"concurrency {c} outstanding requests, {s:g} s per row, load from {p} asyncio processes")
             print(f"{'':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-            if shutil.which("wrk"):
+            if shutil.which("wrk") and not args.overhead_only:
                 body_file = sample_body(workdir / "body.json")
                 wrk(f"{urls.inference}/predictions/digits", body_file, c, 2)  # warm-up
                 result = wrk(f"{urls.inference}/predictions/digits", body_file, c, int(s))
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                     "errors": result["non_2xx"],
                 }
                 _print("HTTP /predictions (JSON), wrk", rows["HTTP /predictions (JSON), wrk"])
-            for label, kind, target, body, callers, window in plan:
+            for label, kind, target, body, callers, window in [] if args.overhead_only else plan:
                 rows[label] = run_load(
                     kind, target, body, concurrency=callers, processes=p, seconds=s, window=window
                 )
@@ -311,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                 rounds=args.rounds,
                 seconds=s,
                 processes=p,
+                gateway_pid=gateway.pid,
+                metrics_url=urls.metrics,
             )
         finally:
             if gateway is not None:
@@ -322,31 +334,58 @@ def main(argv: list[str] | None = None) -> None:
         "the machine's cores"
     )
     config = {"seconds": s, "concurrency": c, "processes": p, "window": args.window, "rounds": args.rounds}
-    path = save_results("grpc", {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
+    name = "grpc-overhead" if args.overhead_only else "grpc"
+    path = save_results(name, {"setup": setup, **config, "results": rows, "gateway_overhead": overhead})
     print(f"results: {path}")
 
 
 def gateway_overhead(
-    direct: str, gateway: str, payload: dict[str, bytes], *, rounds: int, seconds: float, processes: int
+    direct: str,
+    gateway: str,
+    payload: dict[str, bytes],
+    *,
+    rounds: int,
+    seconds: float,
+    processes: int,
+    gateway_pid: int | None = None,
+    metrics_url: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """The OIP gateway against direct TorchServe gRPC (npy), alternating, at 16 and 1 outstanding requests.
 
     Rows taken one after the other drift with the machine's load (30% here); the two sides take turns
-    ``rounds`` times and the ratios are of the medians.
+    ``rounds`` times, which one goes first alternating, and the ratios are of the medians. With
+    ``gateway_pid``, the gateway's own CPU time per answered request too: unlike req/s on a shared
+    machine, it does not depend on what else runs. With ``metrics_url`` (TorchServe's metrics API),
+    the mean batch each side got (the handler's ckptserve_batch_size): a batch short of batchSize
+    waits maxBatchDelay for the rest.
     """
+    import psutil
+
+    gateway_process = psutil.Process(gateway_pid) if gateway_pid else None
     samples: dict[tuple[int, str], list[dict[str, float]]] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for c in (16, 1):
-            for side, kind, target, body in (
+            sides = [
                 ("direct", "grpc-npy", direct, payload["npy"]),
                 ("gateway", "oip", gateway, payload["raw"]),
-            ):
+            ]
+            for side, kind, target, body in sides[::-1] if round_ % 2 else sides:
+                spent = _cpu_seconds(gateway_process) if side == "gateway" else 0.0
+                batched = _batches(metrics_url)
                 r = run_load(kind, target, body, concurrency=c, processes=min(c, processes), seconds=seconds)
+                instances, batches = (a - b for a, b in zip(_batches(metrics_url), batched, strict=True))
+                if batches:
+                    r["batch"] = instances / batches
+                if side == "gateway" and gateway_process is not None and r["completed"]:
+                    r["cpu_us"] = (_cpu_seconds(gateway_process) - spent) / r["completed"] * 1e6
                 samples.setdefault((c, side), []).append(r)
     overhead = {}
     for c in (16, 1):
         d, g = (
-            {k: median([r[k] for r in samples[(c, side)]]) for k in ("rps", "p50_ms")}
+            {
+                k: median([r[k] for r in samples[(c, side)] if k in r] or [0.0])
+                for k in ("rps", "p50_ms", "cpu_us", "batch")
+            }
             for side in ("direct", "gateway")
         )
         overhead[f"c{c}"] = {
@@ -356,14 +395,39 @@ def gateway_overhead(
             "direct_p50_ms": d["p50_ms"],
             "gateway_p50_ms": g["p50_ms"],
             "p50_added_ms": g["p50_ms"] - d["p50_ms"],
+            "gateway_cpu_us_per_request": g["cpu_us"],
+            "direct_mean_batch": d["batch"],
+            "gateway_mean_batch": g["batch"],
         }
         o = overhead[f"c{c}"]
         print(
             f"OIP gateway vs direct TorchServe gRPC (npy), c={c}, median of {rounds} alternating rounds: "
             f"{o['gateway_rps']:.0f} vs {o['direct_rps']:.0f} req/s (x{o['rps_ratio']:.2f}), "
-            f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms)"
+            f"p50 {o['gateway_p50_ms']:.2f} vs {o['direct_p50_ms']:.2f} ms ({o['p50_added_ms']:+.2f} ms), "
+            f"gateway CPU {o['gateway_cpu_us_per_request']:.0f} us per request, "
+            f"mean batch {o['gateway_mean_batch']:.2f} vs {o['direct_mean_batch']:.2f}"
         )
     return overhead
+
+
+def _batches(metrics_url: str | None) -> tuple[float, float]:
+    """Instances and batches the handler has run so far (its ckptserve_batch_size histogram)."""
+    if metrics_url is None:
+        return 0.0, 0.0
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+    return total("ckptserve_batch_size_sum"), total("ckptserve_batch_size_count")
+
+
+def _cpu_seconds(process: Any) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _print(label: str, r: dict[str, float]) -> None:

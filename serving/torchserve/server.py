@@ -104,6 +104,7 @@ class Server:
             port=port,
             inference=urls.grpc_inference,
             management=urls.grpc_management,
+            http_inference=urls.inference,
             runtime_dir=self.runtime_dir,
             log_dir=self.settings.logs,
             key_file=ts.key_file if self.settings.auth_enabled else None,

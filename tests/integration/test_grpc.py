@@ -98,6 +98,7 @@ def served(trained: Trained, start_server, tmp_path_factory: pytest.TempPathFact
             management=urls.grpc_management,
             runtime_dir=torchserve.runtime_dir,
             log_dir=torchserve.log_dir,
+            http_inference=urls.inference,
             watch_pgid=torchserve.pid,
         )
     ).start()
@@ -481,7 +482,15 @@ def test_tritonclient_works_against_the_gateway_unchanged(
 def test_gateway_without_torchserve_answers_unavailable_at_once(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     gateway = GatewayProcess(
-        GatewaySettings("127.0.0.1", free_port(), dead, dead, runtime_dir=tmp_path, log_dir=tmp_path)
+        GatewaySettings(
+            "127.0.0.1",
+            free_port(),
+            dead,
+            dead,
+            runtime_dir=tmp_path,
+            log_dir=tmp_path,
+            http_inference=f"http://{dead}",
+        )
     ).start()
     try:
         with grpc.insecure_channel(gateway.settings.endpoint) as channel:

@@ -35,7 +35,9 @@ async def _group_gone(pgid: int) -> None:
 async def run(args: argparse.Namespace) -> int:
     tokens = TokenFile(Path(args.key_file)) if args.key_file else None
     cert = Path(args.tls_cert) if args.tls_cert else None
-    upstream = TorchServeUpstream(args.inference, args.management, tokens=tokens, tls_cert=cert)
+    upstream = TorchServeUpstream(
+        args.inference, args.management, args.http_inference, tokens=tokens, tls_cert=cert
+    )
     credentials = None
     if cert is not None:
         if not args.tls_key:
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8001", help="HOST:PORT of the OIP v2 gRPC API")
     parser.add_argument("--inference", default="127.0.0.1:7070", help="TorchServe's gRPC inference API")
     parser.add_argument("--management", default="127.0.0.1:7071", help="TorchServe's gRPC management API")
+    parser.add_argument(
+        "--http-inference",
+        default="http://127.0.0.1:8080",
+        help="TorchServe's HTTP inference API (the data path), http:// or https:// URL",
+    )
     parser.add_argument("--key-file", help="TorchServe's key_file.json, when token authorization is on")
     parser.add_argument("--tls-cert", help="PEM certificate: serve TLS, and reach TorchServe's TLS with it")
     parser.add_argument("--tls-key", help="the certificate's PEM private key")

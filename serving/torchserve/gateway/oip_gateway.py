@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
 from importlib import metadata
@@ -12,12 +11,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving.codecs.datatypes import datatype_of
+from serving.codecs.datatypes import TYPES, datatype_of
 from serving.codecs.oip_grpc import fill, has_typed_contents, to_numpy
 from serving.error_codes import details, status_code
 from serving.errors import CkptServeError, ModelNotFoundError, RequestError, ServerError
 from serving.protos import grpc_predict_v2_pb2 as pb
 from serving.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.torchserve.gateway.npy_frames import npy_body, npy_header, read_npy
 from serving.torchserve.gateway.signature import Signature, Signatures
 from serving.torchserve.gateway.upstream import TokenFile, TorchServeUpstream
 from serving.wire import CHANNEL_OPTIONS, NPY_MAGIC
@@ -123,7 +123,7 @@ class OipGateway(pb_grpc.GRPCInferenceServiceServicer):
         try:
             await self._authorize(context)
             sig = await self._signature(request.model_name, request.model_version)
-            body = _npy(self._input(request, sig))
+            body = _npy_input(request, self._input(request, sig))
             remaining = context.time_remaining()
             timeout = self.timeout_s if remaining is None else max(remaining, 0.001)
             answer = await self.upstream.predict(sig.model, request.model_version, body, timeout=timeout)
@@ -193,17 +193,19 @@ class OipGateway(pb_grpc.GRPCInferenceServiceServicer):
             )
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+def _npy_input(request: pb.ModelInferRequest, array: np.ndarray) -> bytes:
+    """The npy body for the handler; raw contents that already hold the array's bytes go as they came."""
+    raw = request.raw_input_contents
+    if raw and array.dtype == TYPES[request.inputs[0].datatype].wire:  # not BF16, which to_numpy widened
+        return npy_header(array.dtype, array.shape) + raw[0]
+    return npy_body(array)
 
 
 def _outputs(answer: bytes, sig: Signature) -> dict[str, np.ndarray]:
     """The handler's answer (npy for raw and softmax, top-k JSON otherwise) as named output arrays."""
     if answer[:6] == NPY_MAGIC:
         try:
-            return {sig.outputs[0].name: np.load(io.BytesIO(answer), allow_pickle=False)}
+            return {sig.outputs[0].name: read_npy(answer)}
         except ValueError as exc:  # an object array (never unpickled) or a damaged header
             raise CkptServeError(
                 f"the handler of {sig.model!r} answered an npy array that cannot be read ({exc})",

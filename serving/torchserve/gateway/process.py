@@ -35,6 +35,7 @@ class GatewaySettings:
     management: str
     runtime_dir: Path
     log_dir: Path
+    http_inference: str  # TorchServe's HTTP inference API (http:// or https:// URL): the data path
     key_file: Path | None = None  # TorchServe's key_file.json when token authorization is on
     tls_cert: Path | None = None  # PEM certificate and key: the gateway serves TLS and reaches TorchServe's
     tls_key: Path | None = None
@@ -81,6 +82,8 @@ class GatewayProcess:
             s.inference,
             "--management",
             s.management,
+            "--http-inference",
+            s.http_inference,
             "-v",
         ]
         if s.key_file is not None:
