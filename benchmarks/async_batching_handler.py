@@ -6,7 +6,10 @@ batcher runs a forward on everything queued at that moment (at most ``max_batch`
 for more, in one executor thread, while new requests queue for the next forward. A lone client
 gets one forward of latency; under load the batches fill by themselves.
 
-Benchmark only (benchmarks/async_batching.py packages it in place of handlers/checkpoint_handler.py).
+``lean: true`` replaces TorchServe's AsyncService with ``_lean_run`` (a reader thread, and the main
+thread batching what is queued through the synchronous handler). Neither answers gRPC or describe
+jobs correctly (they need one frame, see ASYNC_RESULTS.md). Benchmark only: benchmarks/async_batching.py
+packages it in place of handlers/checkpoint_handler.py.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import queue
+import select
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -25,15 +30,13 @@ from ts.protocol.otf_message_handler import create_predict_response, retrieve_ms
 from ts.service import Service
 
 from handlers.checkpoint_handler import (
-    BATCH_HEADER,
-    BATCH_REQUESTS_HEADER,
-    CHECKPOINT_HEADER,
     CheckpointHandler,
     _body,
     _content_type,
     _is_describe,
 )
 from serving.loader import checkpoint_info
+from serving.wire import BATCH_HEADER, BATCH_REQUESTS_HEADER, CHECKPOINT_HEADER
 
 
 class AsyncBatchingHandler(CheckpointHandler):
@@ -43,21 +46,19 @@ class AsyncBatchingHandler(CheckpointHandler):
         super().initialize(context)
         section = (getattr(context, "model_yaml_config", None) or {}).get("async_batching") or {}
         self.max_batch = int(section.get("max_batch", 8))
-        self.inline = bool(section.get("inline", False))
         # "pair": the answer as a first stream frame ("true"), then an empty last one ("false"): the
         # frontend answers HTTP only from a first frame and forgets a job only on "false".
-        # "none": one frame without ts_stream_next (the frontend never forgets the job: a leak).
         self.frames = str(section.get("frames", "pair"))
-        if "switch_interval_s" in section:  # the worker is a pipeline of threads: hand the GIL over sooner
-            sys.setswitchinterval(float(section["switch_interval_s"]))
+        self.linger_s = float(section.get("linger_ms", 0)) / 1000
+        self.lean = section.get("lean")
         self.queue: list[tuple[Any, Any, asyncio.Future[Any]]] = []
         self.drainer: asyncio.Task[None] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="ckptserve-forward")
-        if section.get("lean"):  # replace TorchServe's AsyncService (built after initialize) with _LeanLoop
+        if section.get("lean"):  # replace TorchServe's AsyncService (built after initialize) with _lean_run
             # the worker runs ts/model_service_worker.py as __main__
             worker = sys.modules["__main__"]
             assert hasattr(worker, "AsyncService"), "not in TorchServe's worker"
-            worker.AsyncService = lambda service: SimpleNamespace(run=lambda: _lean_run(service, self))
+            worker.AsyncService = lambda service: SimpleNamespace(run=lambda: _lean_run(service, self))  # type: ignore[attr-defined]
 
     async def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:  # type: ignore[override]
         # batchSize 1: one job, with its own deep-copied context (AsyncService.predict)
@@ -70,8 +71,6 @@ class AsyncBatchingHandler(CheckpointHandler):
         if self.drainer is None or self.drainer.done():
             self.drainer = loop.create_task(self._drain())
         body = await future
-        if self.frames == "none":
-            return [body]
         send_intermediate_predict_response([body], context.request_ids, "Intermediate", 200, context)
         return [b""]  # predict() turns the "true" left on the context into "false": the job is done
 
@@ -80,18 +79,13 @@ class AsyncBatchingHandler(CheckpointHandler):
         while self.queue:
             batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
             try:
-                if self.inline:
-                    bodies = self._forward(batch)
-                else:
-                    bodies = await loop.run_in_executor(self.executor, self._forward, batch)
+                bodies = await loop.run_in_executor(self.executor, self._forward, batch)
             except Exception as exc:  # never leave a job unanswered
                 for _, _, future in batch:
                     future.set_exception(exc)
                 continue
             for (_, _, future), body in zip(batch, bodies, strict=True):
                 future.set_result(body)
-            if self.inline:
-                await asyncio.sleep(0)  # let the answered coroutines send before the next forward
 
     def _forward(self, batch: list[tuple[Any, Any, asyncio.Future[Any]]]) -> list[bytes]:
         assert self.session is not None
@@ -116,6 +110,7 @@ def _lean_run(service: Any, handler: AsyncBatchingHandler) -> str | None:
     (A function, not a class: TorchServe wants exactly one class in a handler module.)"""
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
     sock, base = service.cl_socket, service.context
+    inbox = _inbox(sock, jobs)
 
     def receive() -> None:
         while True:
@@ -124,23 +119,30 @@ def _lean_run(service: Any, handler: AsyncBatchingHandler) -> str | None:
                 for job in msg:
                     jobs.put(job)
 
-    threading.Thread(target=receive, daemon=True, name="ckptserve-receive").start()
+    if handler.lean != "single":
+        threading.Thread(target=receive, daemon=True, name="ckptserve-receive").start()
+    loaded = False
     while True:
+        if handler.lean == "single":  # one thread: read what has arrived, then batch it
+            inbox.read(block=True)
         batch = [jobs.get()]
+        # Under load (the last batch held more than one job), wait up to linger_s for a fuller batch;
+        # a lone client's batches hold one job, so it never waits.
+        until = time.monotonic() + (handler.linger_s if loaded else 0.0)
         while len(batch) < handler.max_batch:
             try:
-                batch.append(jobs.get_nowait())
+                left = until - time.monotonic()
+                batch.append(jobs.get(timeout=left) if left > 0 else jobs.get_nowait())
             except queue.Empty:
                 break
+        loaded = len(batch) > 1
         headers, rows, ids = Service.retrieve_data_for_inference(batch)
         context = copy.copy(base)
         context.request_ids, context.request_processor = ids, headers
         bodies = CheckpointHandler.handle(handler, rows, context)
-        if handler.frames == "none":  # measures the cost of the pair; leaks every job in the frontend
-            sock.sendall(create_predict_response(bodies, ids, "Prediction success", 200, context))
-            continue
-        # "full": a complete HTTP answer, then "false" (whose stray end-of-stream write the frontend's
-        # encoder refuses): what one frame would cost if the frontend took "false" on a first answer
+        # "full" (measurement only): a complete HTTP answer, then "false" to free the job, whose
+        # end-of-stream writes land after a complete answer (wrk and curl saw no error): what one
+        # frame would cost if the frontend took "false" on a first answer as a whole answer
         first = create_predict_response(
             bodies, ids, "Prediction success", 200, context, handler.frames != "full"
         )
@@ -149,3 +151,32 @@ def _lean_run(service: Any, handler: AsyncBatchingHandler) -> str | None:
                 context.set_response_header(idx, "ts_stream_next", "true")
         last = create_predict_response([b""] * len(bodies), ids, "Prediction success", 200, context)
         sock.sendall(first + last)
+
+
+def _inbox(sock: Any, jobs: queue.SimpleQueue[Any]) -> Any:
+    """The single-threaded lean loop's reader: ``read`` parses every whole message that has arrived
+    (blocking for the first when ``block``) from one large recv, into ``jobs``."""
+    buffer = bytearray()
+
+    class _View:  # what retrieve_msg reads from: the buffer, topped up from the socket
+        @staticmethod
+        def recv(n: int) -> bytes:
+            if not buffer:
+                buffer.extend(sock.recv(1 << 20))
+            out = bytes(buffer[:n])
+            del buffer[:n]
+            return out
+
+    def read(block: bool) -> None:
+        while True:
+            ready = bool(buffer) or select.select([sock], [], [], None if block and jobs.empty() else 0)[0]
+            if not ready:
+                return
+            cmd, msg = retrieve_msg(_View)
+            if cmd == b"I":
+                for job in msg:
+                    jobs.put(job)
+            if not buffer and not select.select([sock], [], [], 0)[0]:
+                return
+
+    return SimpleNamespace(read=read)
