@@ -7,7 +7,18 @@ import sys
 
 BENCHMARKS = {
     name: f"benchmarks.{name}"
-    for name in ("load", "http", "reload", "grpc", "metrics", "sweep", "worker_path", "compare", "bodies")
+    for name in (
+        "load",
+        "http",
+        "reload",
+        "grpc",
+        "metrics",
+        "sweep",
+        "worker_path",
+        "compare",
+        "bodies",
+        "async_batching",
+    )
 }
 
 
