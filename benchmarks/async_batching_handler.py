@@ -8,7 +8,7 @@ gets one forward of latency; under load the batches fill by themselves.
 
 ``lean: true`` replaces TorchServe's AsyncService with ``_lean_run`` (a reader thread, and the main
 thread batching what is queued through the synchronous handler). Neither answers gRPC or describe
-jobs correctly (they need one frame, see ASYNC_RESULTS.md). Benchmark only: benchmarks/async_batching.py
+jobs correctly (they need one frame, see docs/performance.md). Benchmark only: benchmarks/async_batching.py
 packages it in place of handlers/checkpoint_handler.py.
 """
 
