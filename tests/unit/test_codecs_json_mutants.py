@@ -271,3 +271,29 @@ def test_a_float_beyond_the_model_dtype_is_refused_without_a_numpy_warning() -> 
         warnings.simplefilter("error")
         error = _refusal({"instances": [[1e300]]}, InputSpec(shape=(1,)))
     assert error.message.startswith("instance 0 holds NaN or Infinity")
+
+
+# --- second pass: survivors the first full run had counted killed --------------------------------------
+
+
+def test_integers_numpy_can_only_hold_as_floats_are_named_by_their_numpy_kind() -> None:
+    """1 and 2**64 - 1 are each an integer, but no numpy integer type holds both: numpy makes them float64."""
+    error = _refusal(_v2(datatype="INT64", data=[1, 2**64 - 1]), InputSpec(shape=(2,), dtype=torch.int64))
+    assert error.message == "input 'x' holds values of numpy kind 'f'; expected INT64 elements"
+
+
+def test_a_json_type_with_several_parameters_is_json() -> None:
+    decoded = decode_request(b"[[1.0]]", "application/json; charset=utf-8; q=1", InputSpec(shape=(1,)))
+    assert decoded.instances.tolist() == [[1.0]]
+
+
+def test_an_object_without_inputs_or_instances_lists_its_first_10_keys() -> None:
+    keys = [f"k{i:02d}" for i in range(12)]
+    error = _refusal(dict.fromkeys(keys, 0), InputSpec(shape=(1,)))
+    assert error.message.endswith(f"found {keys[:10]}")
+
+
+def test_the_v2_codec_refuses_a_body_it_did_not_match() -> None:
+    with pytest.raises(TypeError) as info:
+        OipV2Codec().decode([[1.0]], InputSpec(shape=(1,)))
+    assert str(info.value) == "OipV2Codec decodes only what it matched: a JSON object"
