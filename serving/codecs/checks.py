@@ -77,7 +77,8 @@ def to_tensor(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
                 f"instance {i} holds non-integer values; this model expects {spec.dtype} inputs",
                 hint="send whole numbers",
             )
-    if not target_is_float and spec.dtype != torch.bool and arr.size:
+    # booleans (0, 1) fit every integer dtype, and numpy cannot compare them with 2**63 (OverflowError)
+    if not target_is_float and spec.dtype != torch.bool and arr.size and arr.dtype.kind != "b":
         info = torch.iinfo(spec.dtype)
         # a cast would wrap around silently; max + 1 is exact as a float, max itself may round up to it
         if arr.min() < info.min or arr.max() >= info.max + 1:
