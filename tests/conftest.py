@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import settings
 
 from tests.assets.archs import SmallNet
+
+# Mutation runs (tests/mutation/runner.py) need the same examples for every mutant.
+settings.register_profile("mutation", derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @dataclass

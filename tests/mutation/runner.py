@@ -19,6 +19,10 @@ import sys
 # is not fork-safe): one thread, nothing to fork-lock, before torch is imported.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
+# Hypothesis tests would draw new examples for every mutant (and replay the ones its database saved):
+# a verdict could then come from a random find, not from the mutation. tests/conftest.py loads this
+# profile: the same examples for every mutant, no database.
+os.environ["HYPOTHESIS_PROFILE"] = "mutation"
 from pathlib import Path
 from typing import Any
 
