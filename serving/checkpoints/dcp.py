@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from serving.checkpoints.pickle_size import MAX_PICKLE_BYTES
 from serving.checkpoints.selection import MODEL_KEYS, is_optimizer_like, select_state_dict
 from serving.errors import CorruptCheckpointError, UnsafeCheckpointError
+from serving.files import open_regular
 
 if TYPE_CHECKING:  # torch.distributed is imported only when a DCP checkpoint is read
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -49,7 +52,10 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "collections": frozenset({"OrderedDict"}),
 }
 _TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
-_MAX_METADATA_BYTES = 256 << 20
+# The allow-listed unpickler still builds what the pickle describes (tens of bytes of memory per
+# byte of pickle): the same cap as a torch.save file's pickle. A DCP metadata entry is a few hundred
+# bytes per tensor chunk, so real files are kilobytes to a few MB.
+_MAX_METADATA_BYTES = MAX_PICKLE_BYTES
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -68,15 +74,18 @@ def read_dcp_metadata(directory: Path) -> Metadata:
     from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
     path = directory / ".metadata"
-    size = path.stat().st_size
-    if size > _MAX_METADATA_BYTES:
-        raise CorruptCheckpointError(
-            f"{str(path)!r} has {size} bytes; a DCP .metadata file of a model is far smaller.",
-            hint="Point ckptserve at a DCP checkpoint directory written by torch.distributed.checkpoint.",
-        )
+    # Opened once and checked on the descriptor: a FIFO swapped in after layout detection never blocks.
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > _MAX_METADATA_BYTES:
+            raise CorruptCheckpointError(
+                f"{str(path)!r} has {size} bytes, over the {_MAX_METADATA_BYTES >> 20} MiB that "
+                "ckptserve unpickles; a DCP .metadata file of a model is kilobytes to a few MB.",
+                hint="Point ckptserve at a DCP checkpoint directory written by torch.distributed.checkpoint.",
+            )
+        data = fh.read()
     try:
-        with path.open("rb") as fh:
-            metadata = _MetadataUnpickler(io.BytesIO(fh.read())).load()
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
         if "allowlist" in str(exc):
             raise UnsafeCheckpointError(

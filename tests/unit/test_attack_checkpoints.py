@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 
 from serving import checkpoint_info, load_model, save_checkpoint
 from serving.app.cli import main
+from serving.checkpoints.dcp import read_dcp_metadata
 from serving.checkpoints.layout import detect_layout
+from serving.checkpoints.pickle_size import MAX_PICKLE_BYTES
 from serving.checkpoints.summary import summarize
 from serving.errors import (
     ArchitectureMismatchError,
@@ -507,3 +509,22 @@ def test_typed_errors_never_come_from_raw_exception_messages(tmp_path: Path) -> 
     with pytest.raises(CkptServeError) as caught:
         summarize(path)
     assert "RecursionError" in caught.value.message and "[[" not in caught.value.message
+
+
+# --- DCP metadata: read through one regular-file descriptor, size-capped before unpickling ---------
+
+
+def test_a_dcp_metadata_swapped_for_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    # Layout detection saw a regular file; the reader opens it again and must check again.
+    (tmp_path / "__0_0.distcp").write_bytes(b"x" * 64)
+    os.mkfifo(tmp_path / ".metadata")
+    with pytest.raises(NotACheckpointError, match="not a regular file"):
+        _finishes(lambda: read_dcp_metadata(tmp_path))
+
+
+def test_a_dcp_metadata_over_the_pickle_cap_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "__0_0.distcp").write_bytes(b"x" * 64)
+    with (tmp_path / ".metadata").open("wb") as fh:
+        fh.truncate(MAX_PICKLE_BYTES + 1)  # sparse: the cap is checked on the size, nothing is read
+    with pytest.raises(CorruptCheckpointError, match="over the 32 MiB"):
+        read_dcp_metadata(tmp_path)
