@@ -203,6 +203,8 @@ def _status(args: argparse.Namespace) -> int:
         grpc = f"gRPC {urls['grpc_inference']}" + (
             f"   OIP v2 gRPC {found.oip_grpc}" if found.oip_grpc else ""
         )
+        if found.oip_grpc_starting:
+            grpc += f"   OIP v2 gRPC {found.oip_grpc_starting} starting (not listening yet)"
         if found.oip_grpc_exited:
             grpc += (
                 f"   OIP v2 gRPC {found.oip_grpc_exited} EXITED (see {LOG_FILE} in the log dir; "

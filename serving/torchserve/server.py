@@ -16,7 +16,9 @@ from serving.torchserve import ServerSettings, TorchServeProcess, stop_from_stat
 from serving.torchserve.gateway.process import (
     GatewayProcess,
     GatewaySettings,
+    announce_gateway,
     check_port_free,
+    forget_gateway,
     gateway_from_state,
 )
 from serving.torchserve.gateway.process import stop_from_state as stop_gateway_from_state
@@ -85,6 +87,8 @@ class Server:
         if self.oip_grpc_port is not None:
             check_port_free(self.settings.host, self.oip_grpc_port)  # before TorchServe's seconds of start-up
         self.torchserve.start()
+        if self.oip_grpc_port is not None:
+            announce_gateway(self.runtime_dir, self._gateway_settings(self.oip_grpc_port).endpoint)
         try:
             ready = self.ready = self.torchserve.wait_ready(self.settings.models, timeout_s=timeout_s)
             if self.oip_grpc_port is not None:
@@ -170,6 +174,8 @@ class Server:
         self._stopping = True  # a signal from now on must not interrupt the stop itself
         if self.gateway is not None:
             self.gateway.stop()
+        else:
+            forget_gateway(self.runtime_dir)  # announced, never started
         self.torchserve.stop()
         (self.runtime_dir / STOP_MARKER).unlink(missing_ok=True)
 
@@ -241,7 +247,12 @@ def status(runtime_dir: str | Path) -> ServerStatus:
     found = server_status(Path(runtime_dir))
     gateway = gateway_from_state(Path(runtime_dir)) if found.running else None
     if gateway is not None:
-        endpoint, running = gateway
+        endpoint, state = gateway
         # a background server's gateway has no supervisor: its death must show, not just its port vanish
-        found.oip_grpc, found.oip_grpc_exited = (endpoint, None) if running else (None, endpoint)
+        if state == "listening":
+            found.oip_grpc = endpoint
+        elif state == "starting":
+            found.oip_grpc_starting = endpoint
+        else:
+            found.oip_grpc_exited = endpoint
     return found

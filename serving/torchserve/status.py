@@ -92,11 +92,12 @@ class ServerStatus:
     urls: dict[str, str]
     oip_grpc: str | None = None  # the OIP v2 gateway's endpoint, when one runs (server.py fills it)
     oip_grpc_exited: str | None = None  # the endpoint of a gateway that was started and has exited
+    oip_grpc_starting: str | None = None  # the endpoint of a gateway that does not listen yet
     models: list[ModelStatus] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
-        gateway_ok = self.oip_grpc_exited is None
+        gateway_ok = self.oip_grpc_exited is None and self.oip_grpc_starting is None
         return self.running and gateway_ok and bool(self.models) and all(m.ready for m in self.models)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import psutil
@@ -23,6 +24,7 @@ from serving.torchserve.gateway.upstream import loopback_tls
 log = logging.getLogger(__name__)
 
 STATE_FILE = "oip-grpc.json"  # beside TorchServe's server.json in the runtime directory
+GatewayState = Literal["starting", "listening", "exited"]
 LOG_FILE = "oip-grpc.log"
 MODULE = "serving.torchserve.gateway"  # run with `python -m`; also how its process is recognised
 
@@ -97,13 +99,20 @@ class GatewayProcess:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         atexit.register(self.stop)
-        record = {"pid": self._proc.pid, "endpoint": s.endpoint, "started_at": time.time()}
+        record = {
+            "pid": self._proc.pid,
+            "endpoint": s.endpoint,
+            "started_at": time.time(),
+            "listening": False,
+        }
         self.state_path.write_text(json.dumps(record, indent=2))
         try:
             self._wait_listening(timeout_s)
         except BaseException:
             self.stop()
             raise
+        # `ckptserve status --ready` (probes, HEALTHCHECK) waits for this, not for the process to exist.
+        self.state_path.write_text(json.dumps({**record, "listening": True}, indent=2))
         log.info("OIP gRPC gateway (pid %d) on %s", self._proc.pid, s.endpoint)
         return self
 
@@ -176,17 +185,33 @@ def stop_from_state(runtime_dir: Path, timeout_s: float = 10.0) -> bool:
     return True
 
 
-def gateway_from_state(runtime_dir: Path) -> tuple[str, bool] | None:
-    """The endpoint of the gateway that ``runtime_dir`` records and whether it still runs; None if none."""
+def announce_gateway(runtime_dir: Path, endpoint: str) -> None:
+    """Record that a gateway will start on ``endpoint``: until it listens, the server is not ready."""
+    (Path(runtime_dir) / STATE_FILE).write_text(json.dumps({"endpoint": endpoint, "pid": None}, indent=2))
+
+
+def forget_gateway(runtime_dir: Path) -> None:
+    """Drop the record of a gateway that was announced but never started (a start-up that failed)."""
+    (Path(runtime_dir) / STATE_FILE).unlink(missing_ok=True)
+
+
+def gateway_from_state(runtime_dir: Path) -> tuple[str, GatewayState] | None:
+    """The endpoint of the gateway that ``runtime_dir`` records and its state; None if none."""
     try:
         record = json.loads((Path(runtime_dir) / STATE_FILE).read_text())
-        endpoint, pid = str(record["endpoint"]), int(record["pid"])
+        endpoint, pid = str(record["endpoint"]), record["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if pid is None:
+        return endpoint, "starting"  # announced: TorchServe is starting, the gateway comes after it
     try:
-        return endpoint, MODULE in " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:  # gone (killed, crashed) or not ours to read
-        return endpoint, False
+        alive = MODULE in " ".join(psutil.Process(int(pid)).cmdline())
+    except (psutil.Error, ValueError, TypeError):  # gone (killed, crashed) or not ours to read
+        alive = False
+    if not alive:
+        return endpoint, "exited"
+    # A record without the key comes from a version that wrote it only once listening.
+    return endpoint, "listening" if record.get("listening", True) else "starting"
 
 
 def check_port_free(host: str, port: int) -> None:
